@@ -1,0 +1,20 @@
+"""models: pure torch. Networks, ab bins, targets and loss, decoding, checkpoints."""
+
+from models.bins import gamut_bin_centers, nearest_bin
+from models.checkpoint import DEFAULT_MODEL, load, read_card, save
+from models.colorizer import Colorizer, build
+from models.decode import DEFAULT_TEMPERATURE, annealed_mean, annealed_mean_from_logits
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_TEMPERATURE",
+    "Colorizer",
+    "annealed_mean",
+    "annealed_mean_from_logits",
+    "build",
+    "gamut_bin_centers",
+    "load",
+    "nearest_bin",
+    "read_card",
+    "save",
+]

@@ -1,0 +1,95 @@
+"""`Colorizer`: a network plus everything needed to use it (bins, prior, temperature, scaling)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.bins import gamut_bin_centers
+from models.decode import DEFAULT_TEMPERATURE, annealed_mean_from_logits
+from models.nets import make_net
+from models.targets import rebalance_weights
+
+
+class Colorizer(nn.Module):
+    """Calling it on L in [0, 100], (N, 1, H, W), returns bin probabilities (N, Q, H/4, W/4).
+
+    Buffers (saved with the weights): `centers` (Q, 2) ab bin centres, `prior` (Q,) the smoothed
+    empirical bin distribution of the training set (uniform until trained).
+    """
+
+    centers: Tensor
+    prior: Tensor
+
+    def __init__(
+        self,
+        arch: str,
+        centers: Tensor,
+        prior: Tensor | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        l_center: float = 50.0,
+        l_scale: float = 100.0,
+        working_size: int = 256,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        q = centers.shape[0]
+        self.arch = arch
+        self.net = make_net(arch, q)
+        self.register_buffer("centers", centers.to(torch.float32).clone())
+        uniform = torch.full((q,), 1.0 / q)
+        self.register_buffer(
+            "prior", (uniform if prior is None else prior).to(torch.float32).clone()
+        )
+        self.temperature = temperature
+        self.l_center = l_center
+        self.l_scale = l_scale
+        self.working_size = working_size
+        self.card: dict[str, Any] = dict(card or {})
+
+    @property
+    def num_bins(self) -> int:
+        return int(self.centers.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.centers.device
+
+    def logits(self, lightness: Tensor) -> Tensor:
+        return self.net((lightness - self.l_center) / self.l_scale)
+
+    def forward(self, lightness: Tensor) -> Tensor:
+        return torch.softmax(self.logits(lightness), dim=1)
+
+    def predict_ab(self, lightness: Tensor, temperature: float | None = None) -> Tensor:
+        """L (N, 1, H, W) -> annealed-mean ab at 1/4 resolution, (N, 2, H/4, W/4)."""
+        t = self.temperature if temperature is None else temperature
+        return annealed_mean_from_logits(self.logits(lightness), self.centers, t)
+
+    def rebalance_weights(self, lam: float = 0.5) -> Tensor:
+        return rebalance_weights(self.prior, lam)
+
+    def config(self) -> dict[str, Any]:
+        """Everything `build` needs to make this module again (centres and prior are buffers)."""
+        return {
+            "arch": self.arch,
+            "num_bins": self.num_bins,
+            "temperature": self.temperature,
+            "l_center": self.l_center,
+            "l_scale": self.l_scale,
+            "working_size": self.working_size,
+        }
+
+
+def build(arch: str = "small", **options: Any) -> Colorizer:
+    """An untrained Colorizer. `arch` is "eccv16" (the paper's net) or "small" (quarter width).
+
+    Options: centers (Q, 2) (default: our sRGB-gamut grid-10 bins), prior, temperature,
+    l_center, l_scale, working_size, card.
+    """
+    centers = options.pop("centers", None)
+    if centers is None:
+        centers = gamut_bin_centers()
+    return Colorizer(arch, torch.as_tensor(centers, dtype=torch.float32), **options)

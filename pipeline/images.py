@@ -1,0 +1,207 @@
+"""Image bytes <-> arrays with Pillow, at full resolution, keeping what archivists need.
+
+`decode_image` gives the CIE lightness L (float32, [0, 100]) of the whole image after its EXIF
+orientation, the RGB ground truth when the input has colour, the bit depth, and the metadata
+to carry over (EXIF, DPI, XMP, IPTC, ICC). `encode_image` writes an RGB result back.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from pipeline.color import gray_to_lightness, rgb_to_lab
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (~13k x 13k)
+GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan stored in colour
+SUPPORTED_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "RGB", "RGBA", "P", "PA", "CMYK")
+
+
+class ImageError(ValueError):
+    """Input bytes that cannot become an image; `kind` groups errors in statistics."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Decoded:
+    lightness: np.ndarray  # (H, W) float32, CIE L in [0, 100]
+    rgb: np.ndarray | None  # (H, W, 3) float32 in [0, 1] where the input had colour
+    bit_depth: int  # 8 or 16
+    metadata: dict[str, Any] = field(default_factory=dict)  # exif, dpi, xmp, iptc, icc_profile
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return self.lightness.shape[1], self.lightness.shape[0]
+
+
+def _metadata(img: Image.Image) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    exif = img.getexif()
+    if exif:
+        exif.pop(0x0112, None)  # orientation was applied to the pixels: upright from now on
+        meta["exif"] = exif.tobytes()
+    for key in ("dpi", "icc_profile"):
+        if img.info.get(key):
+            meta[key] = img.info[key]
+    xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
+    if xmp:
+        meta["xmp"] = xmp if isinstance(xmp, bytes) else str(xmp).encode()
+    return meta
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparent images on white, as they would be printed."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _rgb_float(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _gray_to_l(gray: np.ndarray) -> np.ndarray:
+    return gray_to_lightness(torch.from_numpy(gray)).numpy()
+
+
+def decode_pil(img: Image.Image) -> Decoded:
+    """A PIL image (already open) -> Decoded; see `decode_image`."""
+    img = ImageOps.exif_transpose(img) or img
+    meta = _metadata(img)
+    mode = img.mode
+    if mode not in SUPPORTED_MODES:
+        raise ImageError("unsupported_mode", f"unsupported image mode {mode!r}")
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        raw = np.asarray(img, dtype=np.float32)
+        # 16-bit grayscale; a mode-I image (32-bit) is read as 16-bit values, as PNG/TIFF store them
+        gray = np.clip(raw / 65535.0, 0.0, 1.0)
+        return Decoded(_gray_to_l(gray), None, 16, meta)
+    if mode in ("1", "L"):
+        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        return Decoded(_gray_to_l(gray), None, 8, meta)
+    if mode == "LA" or (mode == "PA"):
+        gray = np.asarray(_flatten_alpha(img).convert("L"), dtype=np.float32) / 255.0
+        return Decoded(_gray_to_l(gray), None, 8, meta)
+    if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
+        rgb = np.asarray(_flatten_alpha(img), dtype=np.float32) / 255.0
+    else:  # RGB, P, CMYK
+        rgb = _rgb_float(img)
+    lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
+    is_colour = bool(np.abs(lab[1:]).max(initial=0.0) > GRAY_TOLERANCE)
+    return Decoded(lab[0], rgb if is_colour else None, 8, meta)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Encoded bytes -> Decoded. Raises ImageError with a clear message for bad input."""
+    if not data:
+        raise ImageError("empty", "zero-byte image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    "too_large",
+                    f"image is {width}x{height} = {width * height} pixels, above the limit of "
+                    f"{max_pixels} (raise --max-pixels to accept it)",
+                )
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_large", f"decompression bomb: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError("not_an_image", "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("corrupt", f"corrupt or truncated image: {exc}") from exc
+    return decode_pil(img)
+
+
+SRGB_PROFILE = None  # filled lazily: bytes of an sRGB ICC profile
+
+
+def _srgb_icc() -> bytes:
+    global SRGB_PROFILE
+    if SRGB_PROFILE is None:
+        from PIL import ImageCms
+
+        SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return SRGB_PROFILE
+
+
+def rgb_to_pil(rgb: np.ndarray) -> Image.Image:
+    """(H, W, 3) float in [0, 1] -> 8-bit RGB PIL image."""
+    return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+
+
+def encode_image(
+    rgb: np.ndarray,
+    fmt: str = "jpeg",
+    quality: int = 95,
+    bit_depth: int = 8,
+    metadata: dict[str, Any] | None = None,
+) -> bytes:
+    """(H, W, 3) float RGB in [0, 1] -> JPEG or PNG bytes, with the input's metadata and an sRGB
+    ICC profile (the pixels are sRGB whatever the input's profile was). 16-bit output is PNG."""
+    meta = dict(metadata or {})
+    buf = io.BytesIO()
+    if bit_depth == 16:
+        return _encode_png16(rgb, meta)
+    img = rgb_to_pil(rgb)
+    kwargs: dict[str, Any] = {"icc_profile": _srgb_icc()}
+    for key in ("exif", "dpi", "xmp"):
+        if key in meta:
+            kwargs[key] = meta[key]
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kwargs)
+    elif fmt == "png":
+        img.save(buf, "PNG", **kwargs)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}: use 'jpeg' or 'png'")
+    return buf.getvalue()
+
+
+def _encode_png16(rgb: np.ndarray, meta: dict[str, Any]) -> bytes:
+    """16-bit RGB PNG (Pillow cannot write 16-bit colour PNG); metadata as PNG chunks."""
+    import png  # pypng
+
+    arr = np.round(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    h, w, _ = arr.shape
+    writer = png.Writer(w, h, greyscale=False, bitdepth=16)
+    buf = io.BytesIO()
+    writer.write(buf, arr.reshape(h, w * 3))
+    return _add_png_chunks(buf.getvalue(), meta)
+
+
+def _add_png_chunks(data: bytes, meta: dict[str, Any]) -> bytes:
+    import zlib
+
+    import png
+
+    chunks = list(png.Reader(bytes=data).chunks())
+    extra: list[tuple[bytes, bytes]] = [
+        (b"iCCP", b"sRGB\x00\x00" + zlib.compress(_srgb_icc())),
+    ]
+    if "exif" in meta:
+        exif = meta["exif"]
+        extra.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    if "dpi" in meta:
+        ppm = [max(1, round(float(d) / 0.0254)) for d in meta["dpi"]]
+        extra.append((b"pHYs", ppm[0].to_bytes(4, "big") + ppm[1].to_bytes(4, "big") + b"\x01"))
+    if "xmp" in meta:
+        extra.append((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta["xmp"]))
+    out = io.BytesIO()
+    # IHDR first, then our ancillary chunks, then the rest
+    png.write_chunks(out, [chunks[0], *extra, *chunks[1:]])
+    return out.getvalue()

@@ -1,0 +1,77 @@
+"""Per-image quality metrics; none need downloaded weights.
+
+AuC: the paper's "raw accuracy" curve: fraction of pixels whose ab error (L2) is within t, for
+t = 0, 1, ..., 150, and the area under it normalised to [0, 1]. The rebalanced AuC weights
+each pixel by the inverse prior of its true bin, so rare colours count as much as common ones.
+PSNR and SSIM are scikit-image's, on RGB in [0, 1]. Colourfulness is Hasler and Suesstrunk
+(2003) on 0-255 RGB.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from models.bins import nearest_bin
+
+AUC_THRESHOLDS = np.arange(0, 151, dtype=np.float64)
+
+
+def auc(ab_pred: np.ndarray, ab_true: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
+    """ab arrays (2, H, W) -> area under the cumulative ab-error curve, in [0, 1]."""
+    err = np.sqrt(((ab_pred.astype(np.float64) - ab_true) ** 2).sum(axis=0)).ravel()
+    w = np.ones_like(err) if pixel_weights is None else pixel_weights.astype(np.float64).ravel()
+    order = np.argsort(err)
+    cum = np.concatenate([[0.0], np.cumsum(w[order])]) / w.sum()
+    within = cum[np.searchsorted(err[order], AUC_THRESHOLDS, side="right")]
+    return float(within.mean())
+
+
+def inverse_prior_weights(
+    ab_true: np.ndarray, centers: torch.Tensor, prior: torch.Tensor
+) -> np.ndarray:
+    """Per-pixel weight 1 / p(bin of the true ab), (H, W)."""
+    idx = nearest_bin(torch.from_numpy(ab_true.astype(np.float32))[None], centers.cpu())[0]
+    return (1.0 / prior.cpu().clamp_min(1e-8))[idx].numpy()
+
+
+def colourfulness(rgb: np.ndarray) -> float:
+    """Hasler and Suesstrunk's M = sigma_rgyb + 0.3 mu_rgyb on RGB (H, W, 3) in [0, 1]."""
+    r, g, b = (rgb.astype(np.float64) * 255.0).transpose(2, 0, 1)
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    sigma = np.sqrt(rg.std() ** 2 + yb.std() ** 2)
+    mu = np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+    return float(sigma + 0.3 * mu)
+
+
+def psnr(rgb_pred: np.ndarray, rgb_true: np.ndarray) -> float:
+    return float(peak_signal_noise_ratio(rgb_true, rgb_pred, data_range=1.0))
+
+
+def ssim(rgb_pred: np.ndarray, rgb_true: np.ndarray) -> float:
+    return float(structural_similarity(rgb_true, rgb_pred, channel_axis=-1, data_range=1.0))
+
+
+def image_metrics(
+    rgb_pred: np.ndarray,
+    ab_pred: np.ndarray,
+    rgb_true: np.ndarray | None = None,
+    ab_true: np.ndarray | None = None,
+    centers: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """All metrics for one image. Ground-truth metrics only where ground truth is given."""
+    out = {"colorfulness": colourfulness(rgb_pred)}
+    if rgb_true is None or ab_true is None:
+        return out
+    out["psnr"] = psnr(rgb_pred, rgb_true)
+    out["ssim"] = ssim(rgb_pred, rgb_true)
+    out["auc"] = auc(ab_pred, ab_true)
+    if centers is not None and prior is not None:
+        out["auc_rebalanced"] = auc(
+            ab_pred, ab_true, inverse_prior_weights(ab_true, centers, prior)
+        )
+    out["colorfulness_delta"] = out["colorfulness"] - colourfulness(rgb_true)
+    return out

@@ -1,0 +1,105 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import color
+
+from pipeline.images import ImageError, decode_image, encode_image
+
+
+def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_rgb_gives_lightness_and_ground_truth(photos):
+    rgb = photos["astronaut"]
+    dec = decode_image(_bytes(Image.fromarray(rgb)))
+    assert dec.size == (rgb.shape[1], rgb.shape[0]) and dec.bit_depth == 8
+    np.testing.assert_allclose(dec.rgb, rgb / 255.0, atol=1e-6)
+    assert np.abs(dec.lightness - color.rgb2lab(rgb / 255.0)[..., 0]).max() < 1e-3
+
+
+def test_gray_modes_give_no_ground_truth(photos):
+    gray = Image.fromarray(photos["coffee"]).convert("L")
+    for img in (gray, gray.convert("1"), gray.convert("LA"), gray.convert("RGB")):
+        dec = decode_image(_bytes(img))
+        assert dec.rgb is None, img.mode
+        assert dec.lightness.shape == (gray.height, gray.width)
+    ref = color.rgb2lab(np.repeat(np.asarray(gray)[..., None] / 255.0, 3, -1))[..., 0]
+    assert np.abs(decode_image(_bytes(gray)).lightness - ref).max() < 1e-3
+
+
+def test_16bit_gray_is_scaled_correctly():
+    ramp = np.linspace(0, 65535, 256 * 16).astype(np.uint16).reshape(16, 256)
+    dec = decode_image(_bytes(Image.fromarray(ramp)))
+    assert dec.bit_depth == 16
+    ref = color.rgb2lab(np.repeat((ramp / 65535.0)[..., None], 3, -1))[..., 0]
+    assert np.abs(dec.lightness - ref).max() < 1e-3
+    assert dec.lightness.max() == pytest.approx(100.0, abs=1e-3)
+
+
+def test_rgba_is_composited_on_white_and_palette_and_cmyk_decode(photos):
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red -> white
+    dec = decode_image(_bytes(rgba))
+    assert dec.rgb is None and np.allclose(dec.lightness, 100.0, atol=1e-3)
+    img = Image.fromarray(photos["chelsea"])
+    for variant, fmt in ((img.convert("P"), "PNG"), (img.convert("CMYK"), "JPEG"), (img, "WEBP")):
+        dec = decode_image(_bytes(variant, fmt))
+        assert dec.rgb is not None and dec.size == img.size
+
+
+def test_exif_orientation_is_applied(photos):
+    img = Image.fromarray(photos["coffee"])  # 600 x 400
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    exif[0x010F] = "ScanCo"
+    dec = decode_image(_bytes(img, "JPEG", exif=exif.tobytes()))
+    assert dec.size == (img.height, img.width)
+    # orientation is normalised in the metadata we carry over (absent means upright)
+    carried = Image.Exif()
+    carried.load(dec.metadata["exif"])
+    assert carried.get(0x0112, 1) == 1 and carried[0x010F] == "ScanCo"
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not_an_image"),
+    ],
+)
+def test_bad_bytes_raise_clear_errors(data, kind):
+    with pytest.raises(ImageError) as err:
+        decode_image(data)
+    assert err.value.kind == kind
+
+
+def test_truncated_and_bomb(photos):
+    data = _bytes(Image.fromarray(photos["astronaut"]), "JPEG")
+    with pytest.raises(ImageError) as err:
+        decode_image(data[: len(data) // 3])
+    assert err.value.kind == "corrupt"
+    with pytest.raises(ImageError, match="max-pixels") as err:
+        decode_image(data, max_pixels=1000)
+    assert err.value.kind == "too_large"
+
+
+def test_encode_keeps_size_dpi_exif_and_adds_srgb_profile(photos):
+    rgb = photos["chelsea"] / 255.0
+    exif = Image.Exif()
+    exif[0x010F] = "ScanCo"  # Make
+    meta = {"exif": exif.tobytes(), "dpi": (300, 300)}
+    for fmt in ("jpeg", "png"):
+        out = Image.open(io.BytesIO(encode_image(rgb, fmt, metadata=meta)))
+        assert out.size == (rgb.shape[1], rgb.shape[0])
+        assert out.info.get("icc_profile")
+        assert round(out.info["dpi"][0]) == 300
+        assert out.getexif()[0x010F] == "ScanCo"
+    png16 = Image.open(io.BytesIO(encode_image(rgb, bit_depth=16, metadata=meta)))
+    assert png16.format == "PNG" and png16.info.get("icc_profile")
+    assert round(png16.info["dpi"][0]) == 300
+    with pytest.raises(ValueError, match="jpeg"):
+        encode_image(rgb, "gif")

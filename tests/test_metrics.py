@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.metrics import auc, colourfulness, image_metrics, inverse_prior_weights, psnr, ssim
+
+
+def test_auc_perfect_prediction_is_one():
+    ab = np.random.default_rng(0).uniform(-80, 80, (2, 16, 16))
+    assert auc(ab, ab) == 1.0
+
+
+def test_auc_gray_prediction_on_gray_image_is_one_and_known_constant_error():
+    zero = np.zeros((2, 8, 8))
+    assert auc(zero, zero) == 1.0
+    # every pixel off by exactly 30: within t for t = 30..150 -> 121 of 151 thresholds
+    truth = np.zeros((2, 8, 8))
+    truth[0] = 30.0
+    assert math.isclose(auc(zero, truth), 121 / 151)
+    # half the pixels perfect, half off by 200 (never within 150): 0.5
+    truth2 = np.zeros((2, 2, 2))
+    truth2[1, 0] = 200.0
+    assert math.isclose(auc(np.zeros((2, 2, 2)), truth2), 0.5)
+
+
+def test_rebalanced_auc_weights_pixels():
+    zero = np.zeros((2, 1, 2))
+    truth = np.zeros((2, 1, 2))
+    truth[1, 0, 1] = 200.0  # pixel 1 wrong beyond every threshold
+    weights = np.array([[1.0, 3.0]])
+    assert math.isclose(auc(zero, truth, weights), 0.25)
+    centers = torch.tensor([[0.0, 0.0], [0.0, 200.0]])
+    prior = torch.tensor([0.8, 0.2])
+    w = inverse_prior_weights(truth, centers, prior)
+    np.testing.assert_allclose(w, [[1 / 0.8, 1 / 0.2]], rtol=1e-6)
+
+
+def test_psnr_known_value_and_ssim_identity():
+    a = np.zeros((8, 8, 3))
+    b = np.full((8, 8, 3), 0.1)  # MSE 0.01 -> PSNR 20 dB
+    assert math.isclose(psnr(b, a), 20.0, rel_tol=1e-9)
+    img = np.random.default_rng(0).random((32, 32, 3))
+    assert math.isclose(ssim(img, img), 1.0)
+
+
+def test_colourfulness_gray_is_zero_and_known_value():
+    assert colourfulness(np.full((4, 4, 3), 0.5)) == 0.0
+    red = np.zeros((4, 4, 3))
+    red[..., 0] = 1.0  # rg = 255, yb = 127.5, no spread: M = 0.3 * sqrt(255^2 + 127.5^2)
+    assert math.isclose(colourfulness(red), 0.3 * math.hypot(255, 127.5))
+
+
+def test_image_metrics_with_and_without_ground_truth(photos):
+    rgb = photos["chelsea"][:64, :64] / 255.0
+    ab = np.zeros((2, 64, 64))
+    only = image_metrics(rgb, ab)
+    assert set(only) == {"colorfulness"}
+    full = image_metrics(rgb, ab, rgb, ab, torch.zeros(1, 2), torch.ones(1))
+    assert (
+        full["auc"] == 1.0 and full["auc_rebalanced"] == 1.0 and full["ssim"] == pytest.approx(1.0)
+    )
+    assert full["colorfulness_delta"] == 0.0 and math.isinf(full["psnr"])
