@@ -46,10 +46,14 @@ def main() -> None:
     sk_back = best_of(lambda: color.lab2rgb(lab_np))
     ours_back = best_of(lambda: lab_to_rgb(lab_t))
     print("Lab conversion, 2048x2048:")
-    print(f"  rgb->lab  skimage {sk_fwd * 1e3:7.1f} ms   ours {ours_fwd * 1e3:7.1f} ms   "
-          f"speed-up {sk_fwd / ours_fwd:4.1f}x")
-    print(f"  lab->rgb  skimage {sk_back * 1e3:7.1f} ms   ours {ours_back * 1e3:7.1f} ms   "
-          f"speed-up {sk_back / ours_back:4.1f}x")
+    print(
+        f"  rgb->lab  skimage {sk_fwd * 1e3:7.1f} ms   ours {ours_fwd * 1e3:7.1f} ms   "
+        f"speed-up {sk_fwd / ours_fwd:4.1f}x"
+    )
+    print(
+        f"  lab->rgb  skimage {sk_back * 1e3:7.1f} ms   ours {ours_back * 1e3:7.1f} ms   "
+        f"speed-up {sk_back / ours_back:4.1f}x"
+    )
 
     print(f"Forward at 256x256, fp32, {args.images} images:")
     rates = {}

@@ -1,49 +1,180 @@
-"""The `archive-colorize` command line."""
+"""The `archive-colorize` command line: thin wrappers around the flows."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
+from typing import Any
+
+from pipeline.images import DEFAULT_MAX_PIXELS
+
+DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _colorize(args: argparse.Namespace) -> int:
+    from flows.colorize import colorize_archive
+
+    result = colorize_archive(
+        source=args.source,
+        dest=args.dest,
+        model=args.model,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        ray_address=args.ray_address,
+        shard_size=args.shard_size,
+        image_column=args.image_column,
+        id_column=args.id_column,
+        output_format=args.format,
+        quality=args.quality,
+        max_pixels=args.max_pixels,
+        in_flight=args.in_flight,
+        max_attempts=args.max_attempts,
+        s3_endpoint_url=args.s3_endpoint_url,
+        show_progress=True,
+    )
+    _print_summary(result, args.dest)
+    return 1 if result["shards"]["failed"] else 0
+
+
+def _print_summary(result: dict[str, Any], dest: str) -> None:
+    from pipeline import storage
+
+    run = result["this_run"]
+    print(
+        f"{result['images']} images in the archive ({result['ok']} ok, {result['errors']} errors); "
+        f"this run: {run['images']} images in {run['seconds']:.1f} s "
+        f"({run['images_per_second']:.2f} images/s); shards: {result['shards']['done']} done, "
+        f"{result['shards']['skipped']} skipped, {len(result['shards']['failed'])} failed"
+    )
+    for name in ("report.md", "report.json", "metrics.png", "contact_sheet.png"):
+        print(f"  {storage.join(dest, name)}")
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipeline import storage
+    from pipeline.pack import pack_images
+
+    storage.configure(args.s3_endpoint_url)
+    with tqdm(unit="shard") as bar:
+
+        def on_shard(uri: str, images: int) -> None:
+            bar.update(1)
+            bar.set_postfix(images=images)
+
+        shards = pack_images(args.source, args.dest, args.shard_size, on_shard=on_shard)
+    print(f"{len(shards)} shards under {args.dest}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Pack the photos bundled with scikit-image into a small archive and colorize it."""
     from PIL import Image
     from skimage import data
 
     import models
-    from pipeline.colorize import colorize_images
+    from flows.colorize import colorize_archive
+    from pipeline.pack import pack_images
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if models.DEFAULT_MODEL.is_file():
-        model = models.load("default")
-        print(f"model: {models.DEFAULT_MODEL}")
-    else:
-        model = models.build("small").eval()
-        print("NOTE: no trained default model is shipped yet: using an UNTRAINED small network, "
-              "so the colours are meaningless (the pipeline around it is real).")
-    names = ["astronaut", "coffee", "chelsea"]
-    grays = [Image.fromarray(getattr(data, n)()).convert("L") for n in names]
-    for name, gray, colour in zip(names, grays, colorize_images(model, grays), strict=True):
-        gray.save(out / f"{name}_gray.png")
-        colour.save(out / f"{name}_colorized.png")
-        print(f"  {out / (name + '_colorized.png')}  {colour.size[0]}x{colour.size[1]}")
+    photos = out / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_PHOTOS:
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(
+            photos / f"{name}.jpg", quality=95
+        )
+    Image.fromarray(data.camera()).save(photos / "camera_gray.png")  # a real grayscale input
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # an error row
+    pack_images(str(photos), str(out / "archive"), shard_size=4)
+    model = "default"
+    if not models.DEFAULT_MODEL.is_file():
+        model = str(out / "untrained-small.safetensors")
+        models.save(models.build("small"), model)
+        print(
+            "NOTE: no trained default model is shipped yet: using an UNTRAINED small network, "
+            "so the colours are meaningless (the pipeline around it is real)."
+        )
+    result = colorize_archive(
+        source=str(out / "archive"), dest=str(out / "colorized"), model=model, show_progress=True
+    )
+    _print_summary(result, str(out / "colorized"))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="archive-colorize", description="Bulk colorization of grayscale photo archives."
+        prog="archive-colorize",
+        description="Bulk colorization of grayscale photo archives (Zhang et al., ECCV 2016).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="colorize the photos bundled with scikit-image")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    col = sub.add_parser(
+        "colorize",
+        help="colorize an archive (Parquet shards or image files, local or s3://)",
+        description="Colorize every image of SOURCE into DEST. Re-running resumes: shards "
+        "with a stats file in DEST/_stats are skipped.",
+    )
+    col.add_argument("source", help="folder or s3:// prefix of Parquet shards or image files")
+    col.add_argument("dest", help="output folder or s3:// prefix")
+    col.add_argument(
+        "--model", default="default", help="checkpoint path or s3:// URI, or 'default'"
+    )
+    col.add_argument(
+        "--temperature", type=float, default=0.38, help="annealed-mean T (default 0.38)"
+    )
+    col.add_argument(
+        "--batch-size", type=int, default=8, help="images per forward pass (default 8)"
+    )
+    col.add_argument(
+        "--actors", type=int, default=None, help="actors (default: one per GPU, else 1)"
+    )
+    col.add_argument(
+        "--ray-address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: local)"
+    )
+    col.add_argument("--shard-size", type=int, default=256, help="files per shard for folders")
+    col.add_argument("--image-column", default="image", help="Parquet image column (binary/struct)")
+    col.add_argument("--id-column", default="id", help="Parquet id column (else shard:row)")
+    col.add_argument("--format", choices=("jpeg", "png"), default="jpeg", help="output encoding")
+    col.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    col.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit"
+    )
+    col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
+    col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")
+    col.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
+    )
+    col.set_defaults(func=_colorize)
+
+    pack = sub.add_parser("pack", help="pack a folder or prefix of images into Parquet shards")
+    pack.add_argument("source")
+    pack.add_argument("dest")
+    pack.add_argument("--shard-size", type=int, default=256, help="images per shard (default 256)")
+    pack.add_argument("--s3-endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    pack.set_defaults(func=_pack)
+
+    demo = sub.add_parser("demo", help="pack and colorize the photos bundled with scikit-image")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from flows.colorize import ConfigError
+    from pipeline.shards import SourceError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        sys.exit(args.func(args))
+    except (ConfigError, SourceError) as exc:
+        print(f"archive-colorize: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

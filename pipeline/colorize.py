@@ -47,12 +47,16 @@ def predict_ab(
 @torch.inference_mode()
 def colorize_lightness(
     model: Colorizer, lightness: Sequence[np.ndarray], temperature: float | None = None
-) -> list[np.ndarray]:
-    """L maps (H, W) -> RGB (H, W, 3) float32 in [0, 1] with ab predicted by `model`."""
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """L maps (H, W) -> (RGB (H, W, 3) in [0, 1], predicted ab (2, H, W)), float32, on the host.
+
+    L and ab are joined and converted on the model's device; one copy to the host per image.
+    """
     results = []
     for l_map, ab in zip(lightness, predict_ab(model, lightness, temperature), strict=True):
         lab = torch.cat([torch.from_numpy(l_map).to(ab.device)[None], ab])
-        results.append(lab_to_rgb(lab).permute(1, 2, 0).cpu().numpy())
+        rgb = lab_to_rgb(lab).permute(1, 2, 0)
+        results.append((rgb.cpu().numpy(), ab.cpu().numpy()))
     return results
 
 
@@ -61,4 +65,4 @@ def colorize_images(
 ) -> list[Image.Image]:
     """PIL images (any supported mode) -> colorized 8-bit RGB PIL images of the same size."""
     lightness = [decode_pil(img).lightness for img in images]
-    return [rgb_to_pil(rgb) for rgb in colorize_lightness(model, lightness, temperature)]
+    return [rgb_to_pil(rgb) for rgb, _ in colorize_lightness(model, lightness, temperature)]

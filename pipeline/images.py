@@ -35,6 +35,7 @@ class ImageError(ValueError):
 class Decoded:
     lightness: np.ndarray  # (H, W) float32, CIE L in [0, 100]
     rgb: np.ndarray | None  # (H, W, 3) float32 in [0, 1] where the input had colour
+    ab: np.ndarray | None  # (2, H, W) float32, the true ab of that colour
     bit_depth: int  # 8 or 16
     metadata: dict[str, Any] = field(default_factory=dict)  # exif, dpi, xmp, iptc, icc_profile
 
@@ -85,20 +86,22 @@ def decode_pil(img: Image.Image) -> Decoded:
         raw = np.asarray(img, dtype=np.float32)
         # 16-bit grayscale; a mode-I image (32-bit) is read as 16-bit values, as PNG/TIFF store them
         gray = np.clip(raw / 65535.0, 0.0, 1.0)
-        return Decoded(_gray_to_l(gray), None, 16, meta)
+        return Decoded(_gray_to_l(gray), None, None, 16, meta)
     if mode in ("1", "L"):
         gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-        return Decoded(_gray_to_l(gray), None, 8, meta)
+        return Decoded(_gray_to_l(gray), None, None, 8, meta)
     if mode == "LA" or (mode == "PA"):
         gray = np.asarray(_flatten_alpha(img).convert("L"), dtype=np.float32) / 255.0
-        return Decoded(_gray_to_l(gray), None, 8, meta)
+        return Decoded(_gray_to_l(gray), None, None, 8, meta)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
         rgb = np.asarray(_flatten_alpha(img), dtype=np.float32) / 255.0
     else:  # RGB, P, CMYK
         rgb = _rgb_float(img)
     lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
     is_colour = bool(np.abs(lab[1:]).max(initial=0.0) > GRAY_TOLERANCE)
-    return Decoded(lab[0], rgb if is_colour else None, 8, meta)
+    if not is_colour:
+        return Decoded(lab[0], None, None, 8, meta)
+    return Decoded(lab[0], rgb, lab[1:], 8, meta)
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:

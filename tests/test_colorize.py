@@ -39,6 +39,6 @@ def test_ab_is_predicted_low_res_and_upsampled_to_the_original_size():
 def test_temperature_is_used():
     model = build("small").eval()
     lightness = [np.full((64, 64), 60, dtype=np.float32)]
-    a = colorize_lightness(model, lightness, temperature=1.0)[0]
-    b = colorize_lightness(model, lightness, temperature=0.05)[0]
+    a = colorize_lightness(model, lightness, temperature=1.0)[0][0]
+    b = colorize_lightness(model, lightness, temperature=0.05)[0][0]
     assert a.shape == (64, 64, 3) and not np.allclose(a, b)

@@ -1,0 +1,214 @@
+"""The main job: colorize a whole archive, resumably, as a Prefect flow over Ray actors.
+
+The flow handles URIs and statistics only: it validates the request, lists shards, skips the
+committed ones, hands the rest to the actor pool, and publishes the report. Pixels stay in
+the actors (and in the Ray task that draws the contact sheet).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+import models
+from pipeline import report, storage
+from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.runner import ActorSpec, ensure_ray, run_shards, start_actors, stop_actors
+from pipeline.shards import ColumnNames, Shard, check_columns, is_committed, list_shards
+from pipeline.worker import ColorizeOptions, resolve_model
+
+
+class ConfigError(ValueError):
+    """A bad request, found before any work; the message says how to fix it."""
+
+
+@dataclass
+class Plan:
+    todo: list[Shard]
+    skipped: list[str]
+    model_path: str
+
+
+def check_model(model: str) -> str:
+    """The model's local path, or a ConfigError naming what to pass instead."""
+    try:
+        path = resolve_model(model)
+        models.read_card(path)
+    except FileNotFoundError as exc:
+        hint = "no trained default model is installed; " if model == "default" else ""
+        raise ConfigError(f"{hint}cannot read model {model!r}: {exc}. Pass --model PATH") from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot read model {model!r} ({type(exc).__name__}: {exc}): pass a checkpoint "
+            "written by models.save (a .safetensors file, local or s3://) or 'default'"
+        ) from exc
+    return path
+
+
+@task(cache_policy=NO_CACHE)
+def plan_run(source: str, dest: str, model: str, options: ColorizeOptions, shard_size: int) -> Plan:
+    try:
+        options.validate()
+        model_path = check_model(model)
+        shards = list_shards(source, dest, shard_size)
+        check_columns(shards[0], ColumnNames(options.image_column, options.id_column))
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    committed = [s for s in shards if is_committed(s, dest)]
+    done = {s.name for s in committed}
+    todo = [s for s in shards if s.name not in done]
+    get_run_logger().info(
+        "%d shards: %d already committed, %d to do", len(shards), len(committed), len(todo)
+    )
+    return Plan(todo, sorted(done), model_path)
+
+
+@task(cache_policy=NO_CACHE)
+def process_shards(
+    plan: Plan,
+    dest: str,
+    model: str,
+    options: ColorizeOptions,
+    actors: int | None,
+    in_flight: int,
+    max_attempts: int,
+    s3_endpoint_url: str | None,
+    show_progress: bool,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    total = len(plan.todo)
+    if not total:
+        return {"done": [], "failed": [], "retries": 0}
+    spec = ActorSpec.for_cluster(model, options, actors, s3_endpoint_url=s3_endpoint_url)
+    pool = start_actors(spec, run=uuid.uuid4().hex[:8])
+    progress_id = create_progress_artifact(
+        progress=0.0, key="colorize-progress", description=f"shards of {dest}"
+    )
+    bar = _progress_bar(total, show_progress)
+    images = 0
+
+    def on_shard(stats: dict[str, Any]) -> None:
+        nonlocal images
+        images += stats["rows"]
+        bar.update(1)
+        bar.set_postfix(images=images, errors=stats["errors"])
+        done = bar.n
+        update_progress_artifact(progress_id, progress=100.0 * done / total)  # type: ignore[arg-type]
+        logger.info("shard %s: %d rows, %d errors", stats["shard"], stats["rows"], stats["errors"])
+
+    try:
+        outcome = run_shards(
+            plan.todo,
+            dest,
+            pool,
+            in_flight=in_flight,
+            max_attempts=max_attempts,
+            on_shard=on_shard,
+        )
+    finally:
+        bar.close()
+        stop_actors(pool)
+    return {"done": outcome.done, "failed": outcome.failed, "retries": outcome.retries}
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="shard", disable=not show, dynamic_ncols=True)
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(
+    source: str, dest: str, model: str, outcome: dict[str, Any], skipped: list[str], seconds: float
+) -> dict[str, Any]:
+    run_names = [s["shard"] for s in outcome["done"]]
+    # The contact sheet is drawn from thumbnails in a Ray task: pixels never enter the flow.
+    writer: Any = ray.remote(num_cpus=0)(report.write_run_report)  # type: ignore[arg-type]
+    result: dict[str, Any] = ray.get(
+        writer.remote(
+            dest,
+            source=source,
+            model=model,
+            run_shards=run_names,
+            shards_skipped=len(skipped),
+            shards_failed=outcome["failed"],
+            seconds=seconds,
+        )
+    )
+    create_markdown_artifact(
+        markdown=result["markdown"], key="colorize-report", description=f"report for {dest}"
+    )
+    rows = [
+        {"metric": name, **{k: m[k] for k in ("count", "mean", "std", "min", "max")}}
+        for name, m in result["report"]["metrics"].items()
+    ]
+    if rows:
+        create_table_artifact(table=rows, key="colorize-metrics", description="per-image metrics")
+    summary: dict[str, Any] = result["report"]
+    return summary
+
+
+@flow(name="colorize-archive", log_prints=True)
+def colorize_archive(
+    source: str,
+    dest: str,
+    model: str = "default",
+    temperature: float | None = 0.38,
+    batch_size: int = 8,
+    actors: int | None = None,
+    ray_address: str | None = None,
+    shard_size: int = 256,
+    image_column: str = "image",
+    id_column: str = "id",
+    output_format: str = "jpeg",
+    quality: int = 95,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    in_flight: int = 2,
+    max_attempts: int = 3,
+    s3_endpoint_url: str | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Colorize every image of SOURCE (Parquet shards or image files, local or s3://) into
+    DEST: one output shard per input shard, committed by its stats file; re-runs resume."""
+    started = time.perf_counter()
+    storage.configure(s3_endpoint_url)
+    options = ColorizeOptions(
+        temperature=temperature,
+        batch_size=batch_size,
+        image_column=image_column,
+        id_column=id_column,
+        output_format=output_format,
+        quality=quality,
+        max_pixels=max_pixels,
+    )
+    plan = plan_run(source, dest, model, options, shard_size)
+    ensure_ray(ray_address)
+    outcome = process_shards(
+        plan,
+        dest,
+        model,
+        options,
+        actors,
+        in_flight,
+        max_attempts,
+        s3_endpoint_url,
+        show_progress,
+    )
+    seconds = time.perf_counter() - started
+    result = publish_report(source, dest, model, outcome, plan.skipped, seconds)
+    result["retries"] = outcome["retries"]
+    return result

@@ -1,0 +1,364 @@
+"""The run report: merged shard stats as JSON, a markdown page, a metrics figure, a contact sheet.
+
+Everything is built from the per-shard stats documents (DEST/_stats/*.json) and a few small
+sample strips, so a report over millions of images never reads the output images themselves.
+Only `write_report` and `load_committed_stats` touch storage; the rest are pure functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Collection, Iterable
+from typing import Any, TypeAlias
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline import storage
+from pipeline.stats import METRIC_RANGES, MetricSummary, ShardStats, hist_edges
+
+PANEL_WIDTH = 320
+PANEL_HEIGHT = 200
+PANEL_COLUMNS = 3
+SHEET_HEADER = 24
+SHEET_MARGIN = 8
+SHEET_HEADER_TEXT = "input (gray) | output (colour)"
+
+_WHITE = (255, 255, 255)
+_BLACK = (0, 0, 0)
+_GRAY = (110, 110, 110)
+_BAR = (70, 130, 180)
+
+Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def _font(size: int = 12) -> Font:
+    """Pillow's bundled font: no system fonts needed on workers or CI images."""
+    return ImageFont.load_default(size=size)
+
+
+def _metric_order(names: Iterable[str]) -> list[str]:
+    """Known metrics in METRIC_RANGES order (a meaningful reading order), unknown ones after."""
+    known = list(METRIC_RANGES)
+    return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def merge_stats(stats: list[ShardStats]) -> dict[str, Any]:
+    """Totals over shards; metric summaries merge exactly because histogram edges are fixed.
+
+    Returns shards, images (sum of rows), ok, errors, errors_by_kind, shard_seconds (sum of the
+    shards' own timings, not wall clock) and metrics {name: MetricSummary}. Inputs are not
+    modified.
+    """
+    errors_by_kind: dict[str, int] = {}
+    metrics: dict[str, MetricSummary] = {}
+    for s in stats:
+        for kind, n in s.errors_by_kind.items():
+            errors_by_kind[kind] = errors_by_kind.get(kind, 0) + n
+        for name, summary in s.metrics.items():
+            metrics.setdefault(name, MetricSummary()).merge(summary)
+    return {
+        "shards": len(stats),
+        "images": sum(s.rows for s in stats),
+        "ok": sum(s.ok for s in stats),
+        "errors": sum(s.errors for s in stats),
+        "errors_by_kind": dict(sorted(errors_by_kind.items())),
+        "shard_seconds": sum(s.seconds for s in stats),
+        "metrics": {name: metrics[name] for name in _metric_order(metrics)},
+    }
+
+
+def _metric_json(name: str, summary: MetricSummary) -> dict[str, Any]:
+    return {
+        "count": summary.count,
+        "mean": summary.mean,
+        "std": summary.std,
+        "min": summary.min if summary.count else None,
+        "max": summary.max if summary.count else None,
+        "hist": list(summary.hist),
+        "edges": [float(e) for e in hist_edges(name)],
+    }
+
+
+def _rate(images: int, seconds: float) -> float:
+    """Images per second; 0.0 for a zero-length run so callers can always format it."""
+    return images / seconds if seconds > 0 else 0.0
+
+
+def build_report(
+    stats: list[ShardStats],
+    *,
+    run_shards: set[str],
+    shards_done: int,
+    shards_skipped: int,
+    shards_failed: list[dict[str, Any]],
+    seconds: float,
+    model: str,
+    source: str,
+    dest: str,
+) -> dict[str, Any]:
+    """A JSON-able report of the whole archive and of this run.
+
+    `stats` covers every committed shard (those done now and those skipped because an earlier
+    run committed them), so the top-level totals and metrics describe the archive;
+    `run_shards` names the shards done in this run, whose totals and throughput go to
+    "this_run" (skipped shards cost this run nothing, so they must not inflate images/s).
+    """
+    archive = merge_stats(stats)
+    run = merge_stats([s for s in stats if s.shard in run_shards])
+    failed = [{"shard": str(f["shard"]), "error": str(f["error"])} for f in shards_failed]
+    run_rate = _rate(run["images"], seconds)
+    return {
+        "source": source,
+        "dest": dest,
+        "model": model,
+        "images": archive["images"],
+        "ok": archive["ok"],
+        "errors": archive["errors"],
+        "errors_by_kind": archive["errors_by_kind"],
+        "shards": {
+            "total": shards_done + shards_skipped + len(failed),
+            "done": shards_done,
+            "skipped": shards_skipped,
+            "failed": failed,
+        },
+        "seconds": seconds,
+        "images_per_second": run_rate,
+        "archive": {
+            "shards": archive["shards"],
+            "images": archive["images"],
+            "ok": archive["ok"],
+            "errors": archive["errors"],
+            "errors_by_kind": archive["errors_by_kind"],
+            "shard_seconds": archive["shard_seconds"],
+        },
+        "this_run": {
+            "shards": run["shards"],
+            "images": run["images"],
+            "ok": run["ok"],
+            "errors": run["errors"],
+            "errors_by_kind": run["errors_by_kind"],
+            "seconds": seconds,
+            "shard_seconds": run["shard_seconds"],
+            "images_per_second": run_rate,
+        },
+        "metrics": {name: _metric_json(name, m) for name, m in archive["metrics"].items()},
+    }
+
+
+def _num(value: float | int | None, fmt: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return format(value, fmt)
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """One markdown table cell: no pipes or newlines, and long tracebacks cut (JSON has them)."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """A page a person reads first: totals, metric table, what went wrong, then the figures."""
+    archive, run, shards = report["archive"], report["this_run"], report["shards"]
+    lines = [
+        "# Colorization report",
+        "",
+        f"- source: `{report['source']}`",
+        f"- dest: `{report['dest']}`",
+        f"- model: `{report['model']}`",
+        "",
+        "## Summary",
+        "",
+        "| | archive | this run |",
+        "|---|---:|---:|",
+        f"| images | {_num(archive['images'])} | {_num(run['images'])} |",
+        f"| ok | {_num(archive['ok'])} | {_num(run['ok'])} |",
+        f"| errors | {_num(archive['errors'])} | {_num(run['errors'])} |",
+        f"| shards | {_num(archive['shards'])} committed | {_num(shards['done'])} done, "
+        f"{_num(shards['skipped'])} skipped, {_num(len(shards['failed']))} failed "
+        f"(of {_num(shards['total'])}) |",
+        f"| seconds | {_num(archive['shard_seconds'], '.1f')} (sum over shards) "
+        f"| {_num(run['seconds'], '.1f')} (wall clock) |",
+        f"| images/s | – | {_num(run['images_per_second'], '.1f')} |",
+        "",
+        "## Metrics",
+        "",
+    ]
+    metrics: dict[str, dict[str, Any]] = report["metrics"]
+    if metrics:
+        lines += ["| metric | count | mean | std | min | max |", "|---|---:|---:|---:|---:|---:|"]
+        for name, m in metrics.items():
+            values = [m["count"], m["mean"], m["std"], m["min"], m["max"]]
+            lines.append(f"| {name} | " + " | ".join(_num(v) for v in values) + " |")
+    else:
+        lines.append("No metrics recorded.")
+    lines += ["", "## Errors by kind", ""]
+    if report["errors_by_kind"]:
+        lines += ["| kind | images |", "|---|---:|"]
+        lines += [f"| {_cell(k)} | {_num(n)} |" for k, n in report["errors_by_kind"].items()]
+    else:
+        lines.append("No errors.")
+    lines += ["", "## Failed shards", ""]
+    if shards["failed"]:
+        lines += ["| shard | error |", "|---|---|"]
+        lines += [f"| {_cell(f['shard'])} | {_cell(f['error'])} |" for f in shards["failed"]]
+    else:
+        lines.append("None.")
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "![metric histograms](metrics.png)",
+        "",
+        "![contact sheet: input (gray) | output (colour)](contact_sheet.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _message_png(text: str) -> bytes:
+    """A small placeholder image, so report.md never links a missing file."""
+    image = Image.new("RGB", (240, 48), _WHITE)
+    ImageDraw.Draw(image).text((120, 24), text, fill=_GRAY, font=_font(14), anchor="mm")
+    return _png(image)
+
+
+def _draw_panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, name: str, m: dict[str, Any]) -> None:
+    """One histogram panel: title (name, mean, n), bars on fixed edges, range labels."""
+    font = _font(12)
+    left, right, top, bottom = x0 + 36, x0 + PANEL_WIDTH - 12, y0 + 28, y0 + PANEL_HEIGHT - 26
+    draw.rectangle((x0, y0, x0 + PANEL_WIDTH - 1, y0 + PANEL_HEIGHT - 1), outline=(220, 220, 220))
+    title = f"{name}   mean {_num(m['mean'])}   n={_num(m['count'])}"
+    draw.text((x0 + PANEL_WIDTH // 2, y0 + 12), title, fill=_BLACK, font=font, anchor="mm")
+    hist: list[int] = m["hist"]
+    peak = max(hist, default=0)
+    if peak > 0:
+        width = (right - left) / len(hist)
+        for i, count in enumerate(hist):
+            if count:
+                height = max(1, round(count / peak * (bottom - top)))
+                xa = round(left + i * width)
+                xb = max(xa, round(left + (i + 1) * width) - 1)
+                draw.rectangle((xa, bottom - height, xb, bottom), fill=_BAR)
+    draw.line((left, bottom, right, bottom), fill=_BLACK)
+    draw.line((left, top, left, bottom), fill=_BLACK)
+    edges: list[float] = m["edges"]
+    label_y = bottom + 4
+    draw.text((left, label_y), _num(edges[0]), fill=_GRAY, font=font, anchor="lt")
+    draw.text((right, label_y), _num(edges[-1]), fill=_GRAY, font=font, anchor="rt")
+    draw.text((left - 4, top), _num(peak), fill=_GRAY, font=font, anchor="rt")
+    draw.text((left - 4, bottom), "0", fill=_GRAY, font=font, anchor="rb")
+
+
+def metrics_figure(report: dict[str, Any]) -> bytes:
+    """PNG grid of one histogram per metric (PANEL_WIDTH x PANEL_HEIGHT each, up to 3 a row)."""
+    metrics: dict[str, dict[str, Any]] = report["metrics"]
+    if not metrics:
+        return _message_png("no metrics")
+    columns = min(PANEL_COLUMNS, len(metrics))
+    rows = math.ceil(len(metrics) / columns)
+    image = Image.new("RGB", (columns * PANEL_WIDTH, rows * PANEL_HEIGHT), _WHITE)
+    draw = ImageDraw.Draw(image)
+    for i, (name, m) in enumerate(metrics.items()):
+        row, col = divmod(i, columns)
+        _draw_panel(draw, col * PANEL_WIDTH, row * PANEL_HEIGHT, name, m)
+    return _png(image)
+
+
+def contact_sheet(strips: list[bytes], max_rows: int = 12) -> bytes:
+    """Stack the first `max_rows` sample strips (PNG bytes) under a header, on white.
+
+    Width is that of the widest strip; each strip keeps its own size and is followed by a
+    SHEET_MARGIN gap. An undecodable strip raises (PIL.UnidentifiedImageError) rather than
+    silently vanishing from the sheet.
+    """
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in strips[: max(0, max_rows)]]
+    if not images:
+        return _message_png("no images")
+    width = max(im.width for im in images)
+    height = SHEET_HEADER + sum(im.height + SHEET_MARGIN for im in images)
+    sheet = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, SHEET_HEADER // 2), SHEET_HEADER_TEXT, fill=_BLACK, font=_font(14), anchor="lm")
+    y = SHEET_HEADER
+    for im in images:
+        sheet.paste(im, (0, y))
+        y += im.height + SHEET_MARGIN
+    return _png(sheet)
+
+
+def write_report(dest: str, report: dict[str, Any], strips: list[bytes]) -> dict[str, str]:
+    """Write report.json, report.md, metrics.png and contact_sheet.png into `dest`.
+
+    Figures first and report.json last, so a present report.json means the whole report is
+    there. Returns {file name: URI}.
+    """
+    files = {
+        "metrics.png": metrics_figure(report),
+        "contact_sheet.png": contact_sheet(strips),
+        "report.md": report_markdown(report).encode(),
+        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
+    }
+    written: dict[str, str] = {}
+    for name, data in files.items():
+        uri = storage.join(dest, name)
+        storage.write_bytes(uri, data)
+        written[name] = uri
+    return written
+
+
+def load_committed_stats(dest: str) -> list[ShardStats]:
+    """Every committed shard's stats (DEST/_stats/*.json); [] when nothing is committed yet."""
+    root = storage.join(dest, "_stats")
+    if not storage.is_s3(root) and not storage.exists(root):
+        return []
+    return [
+        ShardStats.from_json(json.loads(storage.read_bytes(uri)))
+        for uri in storage.list_files(root)
+        if uri.endswith(".json")
+    ]
+
+
+def write_run_report(
+    dest: str,
+    *,
+    source: str,
+    model: str,
+    run_shards: Collection[str],
+    shards_skipped: int,
+    shards_failed: list[dict[str, Any]],
+    seconds: float,
+    max_rows: int = 12,
+) -> dict[str, Any]:
+    """End-of-run entry point: everything committed in DEST -> the four report files.
+
+    Reads the stats of every committed shard (so a resumed run reports the whole archive) and
+    the sample strips of the first `max_rows` shards that have one. Returns {"report": dict,
+    "markdown": str, "files": {name: URI}}.
+    """
+    stats = load_committed_stats(dest)
+    report = build_report(
+        stats,
+        run_shards=set(run_shards),
+        shards_done=len(set(run_shards)),
+        shards_skipped=shards_skipped,
+        shards_failed=shards_failed,
+        seconds=seconds,
+        model=model,
+        source=source,
+        dest=dest,
+    )
+    samples = [s.sample for s in stats if s.sample][: max(0, max_rows)]
+    strips = [storage.read_bytes(uri) for uri in samples]
+    files = write_report(dest, report, strips)
+    return {"report": report, "markdown": report_markdown(report), "files": files}

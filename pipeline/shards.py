@@ -1,0 +1,233 @@
+"""Archive shards in and out: listing, reading rows in batches, writing an output shard.
+
+An input shard is one Parquet file, or a fixed chunk of an image-file listing. The listing of
+a folder is frozen in DEST/_listing.json on the first run, so shard boundaries never move
+when files are added later (new files become new shards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import storage
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+LISTING = "_listing.json"
+STATS_DIR = "_stats"
+SAMPLES_DIR = "_samples"
+
+# Columns we write; input metadata columns with these names are kept as "source_<name>".
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("image", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("colorfulness", pa.float64()),
+        ("psnr", pa.float64()),
+        ("ssim", pa.float64()),
+        ("auc", pa.float64()),
+        ("auc_rebalanced", pa.float64()),
+        ("model", pa.string()),
+    ]
+)
+
+
+class SourceError(ValueError):
+    """A source that cannot be processed; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str  # output name: DEST/<name>.parquet, DEST/_stats/<name>.json
+    kind: str  # "parquet" or "files"
+    uri: str  # the Parquet file, or the root folder/prefix of the files
+    files: tuple[str, ...] = ()  # relative paths under `uri`, for kind "files"
+
+    def output_uri(self, dest: str) -> str:
+        return storage.join(dest, f"{self.name}.parquet")
+
+    def stats_uri(self, dest: str) -> str:
+        return storage.join(dest, STATS_DIR, f"{self.name}.json")
+
+    def sample_uri(self, dest: str) -> str:
+        return storage.join(dest, SAMPLES_DIR, f"{self.name}.png")
+
+
+def list_shards(source: str, dest: str, shard_size: int = 256) -> list[Shard]:
+    """The shards of an archive: its Parquet files, else its image files in chunks."""
+    if shard_size < 1:
+        raise SourceError(f"--shard-size must be >= 1, got {shard_size}")
+    if not storage.source_exists(source):
+        raise SourceError(f"source {source!r} does not exist or is empty: check the path/URI")
+    dest_prefix = storage.join(dest, "")
+    files = [u for u in storage.list_files(source) if not u.startswith(dest_prefix)]
+    parquet = [u for u in files if u.endswith(".parquet")]
+    if parquet:
+        root = source if parquet[0] != source else str(Path(source).parent)
+        return [Shard(storage.relative(root, u)[: -len(".parquet")], "parquet", u) for u in parquet]
+    images = [storage.relative(source, u) for u in files if u.lower().endswith(IMAGE_SUFFIXES)]
+    if not images:
+        raise SourceError(
+            f"source {source!r} has no Parquet files and no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return _file_shards(source, dest, images, shard_size)
+
+
+def _file_shards(source: str, dest: str, images: list[str], shard_size: int) -> list[Shard]:
+    listing_uri = storage.join(dest, LISTING)
+    frozen: list[dict[str, Any]] = []
+    if storage.exists(listing_uri):
+        saved = json.loads(storage.read_bytes(listing_uri))
+        frozen = saved["shards"]
+        shard_size = saved["shard_size"]
+    known = {f for s in frozen for f in s["files"]}
+    new = [f for f in images if f not in known]
+    if new or not frozen:
+        for i in range(0, len(new), shard_size):
+            frozen.append({"name": f"files-{len(frozen):05d}", "files": new[i : i + shard_size]})
+        doc = {"source": source, "shard_size": shard_size, "shards": frozen}
+        storage.write_bytes(listing_uri, json.dumps(doc, indent=1).encode())
+    return [Shard(s["name"], "files", source, tuple(s["files"])) for s in frozen]
+
+
+def is_committed(shard: Shard, dest: str) -> bool:
+    return storage.exists(shard.stats_uri(dest))
+
+
+@dataclass
+class RowBatch:
+    """A batch of input rows: ids, a way to get each image's bytes, and metadata columns."""
+
+    ids: list[str]
+    loaders: list[Callable[[], bytes | None]]
+    metadata: pa.Table  # the input's other columns, same row order (may have no columns)
+
+
+@dataclass
+class ColumnNames:
+    image: str = "image"
+    id: str = "id"
+
+
+def _image_bytes(column: pa.ChunkedArray | pa.Array) -> list[bytes | None]:
+    if pa.types.is_struct(column.type):
+        if column.type.get_field_index("bytes") < 0:
+            raise SourceError("image struct column has no 'bytes' field")
+        column = pc.struct_field(column, "bytes")
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        raise SourceError(
+            f"image column must be binary or a {{bytes, path}} struct, got {column.type}"
+        )
+    return column.to_pylist()
+
+
+def parquet_schema(uri: str) -> pa.Schema:
+    fs, path = storage.arrow_fs(uri)
+    return pq.read_schema(path, filesystem=fs)
+
+
+def check_columns(shard: Shard, columns: ColumnNames) -> None:
+    """Fail fast on a wrong --image-column before any work."""
+    if shard.kind != "parquet":
+        return
+    schema = parquet_schema(shard.uri)
+    if columns.image not in schema.names:
+        raise SourceError(
+            f"{shard.uri} has no image column {columns.image!r} (columns: "
+            f"{', '.join(schema.names)}): pass --image-column"
+        )
+    kind = schema.field(columns.image).type
+    ok = pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_struct(kind)
+    if not ok:
+        raise SourceError(f"image column {columns.image!r} has type {kind}: expected binary")
+
+
+def read_batches(shard: Shard, columns: ColumnNames, batch_rows: int) -> Iterator[RowBatch]:
+    if shard.kind == "files":
+        for i in range(0, len(shard.files), batch_rows):
+            rel = shard.files[i : i + batch_rows]
+            uris = [storage.join(shard.uri, f) for f in rel]
+            loaders = [_file_loader(u) for u in uris]
+            yield RowBatch(list(rel), loaders, _no_columns(len(rel)))
+        return
+    fs, path = storage.arrow_fs(shard.uri)
+    pfile = pq.ParquetFile(path, filesystem=fs)
+    row = 0
+    for batch in pfile.iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        images = _image_bytes(table.column(columns.image))
+        if columns.id in table.column_names:
+            ids = [str(v) for v in table.column(columns.id).to_pylist()]
+            meta = table.drop_columns([columns.image, columns.id])
+        else:
+            ids = [f"{shard.name}:{row + i}" for i in range(table.num_rows)]
+            meta = table.drop_columns([columns.image])
+        row += table.num_rows
+        yield RowBatch(ids, [_const(b) for b in images], meta)
+
+
+def _no_columns(n: int) -> pa.Table:
+    return pa.table({"_": pa.nulls(n)}).drop_columns(["_"])
+
+
+def _const(data: bytes | None) -> Callable[[], bytes | None]:
+    return lambda: data
+
+
+def _file_loader(uri: str) -> Callable[[], bytes | None]:
+    return lambda: storage.read_bytes(uri)
+
+
+@dataclass
+class ShardWriter:
+    """Streams output rows into a Parquet file at a temporary local name; `commit` moves it to
+    its final URI in one step, so a partial shard is never visible under the final name."""
+
+    uri: str
+    staging_dir: str
+    _writer: pq.ParquetWriter | None = None
+    _path: str = field(default="")
+    schema: pa.Schema | None = None
+
+    def __post_init__(self) -> None:
+        name = Path(self.uri).name
+        self._path = os.path.join(self.staging_dir, f".{name}.{uuid.uuid4().hex}.tmp")
+
+    def write(self, ours: dict[str, list[Any]], metadata: pa.Table) -> None:
+        """Our columns, then the input's metadata columns unchanged (renamed on a clash)."""
+        table = pa.table(ours, schema=OUTPUT_SCHEMA)
+        for name in metadata.column_names:
+            out_name = f"source_{name}" if name in OUTPUT_SCHEMA.names else name
+            table = table.append_column(out_name, metadata.column(name))
+        self.write_table(table)
+
+    def write_table(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.schema = table.schema
+            self._writer = pq.ParquetWriter(self._path, table.schema, compression="zstd")
+        self._writer.write_table(table.cast(self.schema))
+
+    def commit(self) -> None:
+        if self._writer is None:  # an empty shard still yields a (valid, empty) output file
+            pq.write_table((self.schema or OUTPUT_SCHEMA).empty_table(), self._path)
+        else:
+            self._writer.close()
+        storage.put_file(self._path, self.uri)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        Path(self._path).unlink(missing_ok=True)

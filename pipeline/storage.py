@@ -1,0 +1,216 @@
+"""Local paths and s3:// URIs behind one small interface.
+
+Objects go through boto3 (retries with backoff, standard AWS configuration, an endpoint for
+MinIO/Ceph/R2 from `configure(endpoint_url=...)` or AWS_ENDPOINT_URL); Parquet goes through
+pyarrow's filesystem for the same location. Writes are atomic: locally a temporary name and a
+rename; on S3 the object appears only when its upload is complete (S3 never shows a partial
+object), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+_config_lock = threading.Lock()
+_endpoint_url: str | None = None
+
+
+def configure(endpoint_url: str | None = None) -> None:
+    """Point S3 access at a custom endpoint (MinIO, Ceph, R2, a test server). None: AWS default
+    (or AWS_ENDPOINT_URL)."""
+    global _endpoint_url
+    with _config_lock:
+        _endpoint_url = endpoint_url or None
+        _s3_client.cache_clear()
+        _s3_filesystem.cache_clear()
+
+
+def endpoint_url() -> str | None:
+    return _endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+
+def parse_s3(uri: str) -> S3Location:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r} (expected s3://bucket/prefix)")
+    return S3Location(parsed.netloc, parsed.path.lstrip("/"))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def relative(base: str, uri: str) -> str:
+    """`uri` relative to `base`, with forward slashes."""
+    if is_s3(base):
+        return uri[len(base.rstrip("/")) + 1 :]
+    return Path(uri).relative_to(base).as_posix()
+
+
+@lru_cache(maxsize=1)
+def _s3_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32)
+    return boto3.client("s3", endpoint_url=endpoint_url(), config=config)
+
+
+@lru_cache(maxsize=1)
+def _s3_filesystem() -> pafs.S3FileSystem:
+    import boto3
+
+    session = boto3.session.Session()
+    creds = session.get_credentials()
+    kwargs: dict[str, Any] = {"region": session.region_name or "us-east-1"}
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+        if frozen.token:
+            kwargs["session_token"] = frozen.token
+    url = endpoint_url()
+    if url:
+        parsed = urlparse(url)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=8)
+    return pafs.S3FileSystem(retry_strategy=retry, **kwargs)
+
+
+def arrow_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for reading Parquet at `uri`."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        return _s3_filesystem(), f"{loc.bucket}/{loc.key}"
+    return pafs.LocalFileSystem(), str(Path(uri).absolute())
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        loc = parse_s3(uri)
+        try:
+            _s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return Path(uri).exists()
+
+
+def list_files(uri: str) -> Iterator[str]:
+    """Every object/file under `uri` (recursively), in sorted order."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        pages = (
+            _s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix)
+        )
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        yield from (f"s3://{loc.bucket}/{k}" for k in sorted(keys) if not k.endswith("/"))
+        return
+    root = Path(uri)
+    if root.is_file():
+        yield str(root)
+        return
+    yield from (str(p) for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def source_exists(uri: str) -> bool:
+    """A folder/prefix with at least one file, or a file/object."""
+    if is_s3(uri):
+        return exists(uri) or next(list_files(uri), None) is not None
+    return Path(uri).exists()
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        body: bytes = _s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        return body
+    return Path(uri).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Atomic write of a whole object."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        _s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def put_file(local_path: str | Path, uri: str) -> None:
+    """Move a finished local file to `uri` atomically (rename locally; S3 upload, multipart for
+    big files, visible only when complete)."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        _s3_client().upload_file(str(local_path), loc.bucket, loc.key)
+        Path(local_path).unlink(missing_ok=True)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(local_path, path)
+    except OSError:  # another filesystem: copy beside the target, then rename
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+        Path(local_path).unlink(missing_ok=True)
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        _s3_client().delete_object(Bucket=loc.bucket, Key=loc.key)
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
+def local_staging_dir(dest: str) -> str:
+    """Where to build a file before committing it to `dest`: beside it locally (same filesystem,
+    so the commit is a rename), a temp dir for S3."""
+    if is_s3(dest):
+        return tempfile.mkdtemp(prefix="archive-colorize-")
+    staging = Path(dest, "_tmp")
+    staging.mkdir(parents=True, exist_ok=True)
+    return str(staging)
+
+
+def fetch_to_local(uri: str) -> str:
+    """A local path for `uri` (S3 objects are downloaded to a temp file)."""
+    if not is_s3(uri):
+        return uri
+    fd, path = tempfile.mkstemp(prefix="archive-colorize-", suffix=Path(uri).suffix)
+    os.close(fd)
+    loc = parse_s3(uri)
+    _s3_client().download_file(loc.bucket, loc.key, path)
+    return path

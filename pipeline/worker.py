@@ -1,0 +1,278 @@
+"""`ShardColorizer`: loads a model once and turns whole input shards into output shards.
+
+Like Ray's batch-inference examples, a callable class: `__init__` loads the model onto its
+device, `process(shard, dest)` maps a shard and returns its statistics (never pixels).
+Decoding and encoding run in a thread pool, overlapped with batched inference: while the
+model works on batch i, threads decode batch i + 1 and encode batch i - 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import models
+from pipeline import storage
+from pipeline.colorize import colorize_lightness
+from pipeline.images import DEFAULT_MAX_PIXELS, Decoded, ImageError, decode_image, encode_image
+from pipeline.metrics import image_metrics
+from pipeline.shards import (
+    OUTPUT_SCHEMA,
+    ColumnNames,
+    RowBatch,
+    Shard,
+    ShardWriter,
+    read_batches,
+)
+from pipeline.stats import ShardStats
+
+SAMPLE_HEIGHT = 128
+
+
+@dataclass(frozen=True)
+class ColorizeOptions:
+    temperature: float | None = None  # None: the model's own (0.38 for ours)
+    batch_size: int = 8
+    image_column: str = "image"
+    id_column: str = "id"
+    output_format: str = "jpeg"  # or "png"; 16-bit inputs always give 16-bit PNG
+    quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    samples_per_shard: int = 2  # gray|colour pairs kept for the contact sheet
+
+    def validate(self) -> None:
+        """Fail fast with a message that says how to fix the option."""
+        if self.temperature is not None and not 0 < self.temperature <= 10:
+            raise ValueError(f"--temperature must be in (0, 10], got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.output_format not in ("jpeg", "png"):
+            raise ValueError(f"--format must be 'jpeg' or 'png', got {self.output_format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be >= 1, got {self.max_pixels}")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_id(path: str) -> str:
+    """`<file name>@<first 12 hex of its sha256>`: which weights made a row."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{os.path.basename(path)}@{digest.hexdigest()[:12]}"
+
+
+def resolve_model(model: str) -> str:
+    """A local checkpoint path for "default", a path, or an s3:// URI."""
+    if model == "default":
+        return str(models.DEFAULT_MODEL)
+    return storage.fetch_to_local(model)
+
+
+@dataclass
+class _Item:
+    """One row on its way through the shard."""
+
+    id: str
+    decoded: Decoded | None = None
+    error: tuple[str, str] | None = None  # (kind, message)
+    result: tuple[np.ndarray, np.ndarray] | None = None  # (rgb, ab)
+
+
+class ShardColorizer:
+    def __init__(
+        self,
+        model: str = "default",
+        options: ColorizeOptions | None = None,
+        *,
+        device: str | None = None,
+        threads: int | None = None,
+        s3_endpoint_url: str | None = None,
+    ) -> None:
+        storage.configure(s3_endpoint_url)
+        self.options = options or ColorizeOptions()
+        self.options.validate()
+        self.device = torch.device(device) if device else pick_device()
+        self.threads = threads or os.cpu_count() or 1
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        path = resolve_model(model)
+        self.model = models.load(path, device=self.device)
+        self.model_id = model_id(path)
+        self.columns = ColumnNames(self.options.image_column, self.options.id_column)
+        self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
+        self.writer_thread = ThreadPoolExecutor(1, thread_name_prefix="writer")
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "device": str(self.device), "model": self.model_id}
+
+    def process(self, shard: Shard, dest: str, attempt: int = 1) -> dict[str, Any]:
+        """Colorize one shard into DEST/<name>.parquet and commit DEST/_stats/<name>.json."""
+        started = time.perf_counter()
+        stats = ShardStats(shard.name, shard.uri, shard.output_uri(dest), model=self.model_id)
+        stats.attempt = attempt
+        staging = storage.local_staging_dir(dest)
+        writer = ShardWriter(shard.output_uri(dest), staging)
+        samples: list[Image.Image] = []
+        try:
+            batches = read_batches(shard, self.columns, self.options.batch_size)
+            pending_write: Future[None] | None = None
+            decoding = self._submit_decode(next(batches, None))
+            while decoding is not None:
+                batch, decode_futures = decoding
+                items = [f.result() for f in decode_futures]
+                decoding = self._submit_decode(next(batches, None))  # overlaps inference
+                self._infer(items)
+                encoded = [self.pool.submit(self._encode, it) for it in items]
+                if pending_write is not None:
+                    pending_write.result()  # at most one batch waits to be written
+                pending_write = self.writer_thread.submit(
+                    self._write, batch, items, encoded, writer, stats, samples
+                )
+            if pending_write is not None:
+                pending_write.result()
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            if storage.is_s3(dest):
+                shutil.rmtree(staging, ignore_errors=True)
+        if samples:
+            stats.sample = shard.sample_uri(dest)
+            storage.write_bytes(stats.sample, _strip(samples))
+        stats.seconds = time.perf_counter() - started
+        document = stats.to_json()
+        storage.write_bytes(shard.stats_uri(dest), json.dumps(document, indent=1).encode())
+        return document
+
+    # -- stages ---------------------------------------------------------------------------
+    def _submit_decode(self, batch: RowBatch | None) -> tuple[RowBatch, list[Future[_Item]]] | None:
+        if batch is None:
+            return None
+        futures = [
+            self.pool.submit(self._decode, row_id, load)
+            for row_id, load in zip(batch.ids, batch.loaders, strict=True)
+        ]
+        return batch, futures
+
+    def _decode(self, row_id: str, load: Any) -> _Item:
+        item = _Item(row_id)
+        try:
+            data = load()
+            if data is None:
+                raise ImageError("missing", "no image bytes in this row (null)")
+            item.decoded = decode_image(data, self.options.max_pixels)
+        except ImageError as exc:
+            item.error = (exc.kind, str(exc))
+        except Exception as exc:  # a read failure of one file must not sink the shard
+            item.error = ("read", f"{type(exc).__name__}: {exc}")
+        return item
+
+    def _infer(self, items: list[_Item]) -> None:
+        ready = [(it, it.decoded) for it in items if it.decoded is not None]
+        if not ready:
+            return
+        try:
+            lightness = [dec.lightness for _, dec in ready]
+            results = colorize_lightness(self.model, lightness, self.options.temperature)
+        except Exception:
+            if len(ready) == 1:
+                raise
+            for it, _ in ready:  # one bad image (e.g. out of memory) must not fail its neighbours
+                self._infer_one(it)
+            return
+        for (it, _), res in zip(ready, results, strict=True):
+            it.result = res
+
+    def _infer_one(self, item: _Item) -> None:
+        try:
+            self._infer([item])
+        except Exception as exc:
+            item.decoded = None
+            item.error = ("inference", f"{type(exc).__name__}: {exc}")
+
+    def _write(
+        self,
+        batch: RowBatch,
+        items: list[_Item],
+        encoded: list[Future[tuple[bytes | None, dict[str, float], tuple[str, str] | None]]],
+        writer: ShardWriter,
+        stats: ShardStats,
+        samples: list[Image.Image],
+    ) -> None:
+        """One row group per batch, in input order (runs on the single writer thread)."""
+        cols: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
+        for item, future in zip(items, encoded, strict=True):
+            image, metrics, error = future.result()
+            size = item.decoded.size if item.decoded is not None else (None, None)
+            cols["id"].append(item.id)
+            cols["status"].append("ok" if error is None else "error")
+            cols["error"].append(None if error is None else error[1])
+            cols["image"].append(image)
+            cols["width"].append(size[0])
+            cols["height"].append(size[1])
+            for name in ("colorfulness", "psnr", "ssim", "auc", "auc_rebalanced"):
+                cols[name].append(metrics.get(name))
+            cols["model"].append(self.model_id)
+            if error is None:
+                stats.add_ok(metrics)
+                if len(samples) < self.options.samples_per_shard and item.result is not None:
+                    samples.append(_pair(item))
+            else:
+                stats.add_error(error[0])
+        writer.write(cols, batch.metadata)
+
+    def _encode(self, item: _Item) -> tuple[bytes | None, dict[str, float], tuple[str, str] | None]:
+        if item.error is not None or item.decoded is None or item.result is None:
+            return None, {}, item.error or ("inference", "no result")
+        try:
+            dec = item.decoded
+            rgb, ab = item.result
+            metrics = image_metrics(rgb, ab, dec.rgb, dec.ab, self.model.centers, self.model.prior)
+            fmt = "png" if dec.bit_depth == 16 else self.options.output_format
+            data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
+            return data, metrics, None
+        except Exception as exc:
+            return None, {}, ("encode", f"{type(exc).__name__}: {exc}")
+
+
+def _pair(item: _Item) -> Image.Image:
+    """gray | colour, SAMPLE_HEIGHT tall."""
+    assert item.decoded is not None and item.result is not None
+    gray = Image.fromarray(np.round(item.decoded.lightness * 2.55).astype(np.uint8), "L")
+    colour = Image.fromarray(np.round(item.result[0] * 255).astype(np.uint8), "RGB")
+    width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
+    pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
+    pair.paste(gray.convert("RGB").resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (0, 0))
+    pair.paste(colour.resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (width, 0))
+    return pair
+
+
+def _strip(pairs: list[Image.Image]) -> bytes:
+    gap = 8
+    width = sum(p.width for p in pairs) + gap * (len(pairs) - 1)
+    strip = Image.new("RGB", (width, SAMPLE_HEIGHT), "white")
+    x = 0
+    for p in pairs:
+        strip.paste(p, (x, 0))
+        x += p.width + gap
+    buf = io.BytesIO()
+    strip.save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,65 @@
+"""Builders of real test archives: photos bundled with scikit-image plus deliberately bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+from skimage import data
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def jpeg(array: np.ndarray, size: int | None = None) -> bytes:
+    img = Image.fromarray(array).convert("RGB")
+    if size:
+        img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def png16_gray() -> bytes:
+    ramp = (data.camera().astype(np.uint16) * 257)[::4, ::4]
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_image_folder(root: Path, *, bad: bool = True, size: int = 160) -> dict[str, bytes]:
+    """A folder of real images (colour JPEG, gray PNG, 16-bit PNG) and, with `bad`, broken ones.
+    Returns {relative path: bytes}."""
+    files: dict[str, bytes] = {}
+    for name in PHOTOS:
+        files[f"colour/{name}.jpg"] = jpeg(getattr(data, name)(), size)
+    gray = io.BytesIO()
+    Image.fromarray(data.camera()).resize((size, size)).save(gray, "PNG")
+    files["gray/camera.png"] = gray.getvalue()
+    files["gray/camera16.png"] = png16_gray()
+    if bad:
+        whole = jpeg(data.astronaut(), size)
+        files["bad/truncated.jpg"] = whole[: len(whole) // 3]
+        files["bad/empty.jpg"] = b""
+        files["bad/not_an_image.png"] = b"hello, I am text"
+    for rel, blob in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    return files
+
+
+def read_output(dest: Path) -> list[dict]:
+    """All rows of every output shard (without image bytes), plus a flag for image presence."""
+    rows = []
+    for path in sorted(dest.rglob("*.parquet")):
+        if "_tmp" in path.parts:
+            continue
+        table = pq.read_table(path)
+        for row in table.to_pylist():
+            row["has_image"] = row.pop("image") is not None
+            row["_shard"] = path.stem
+            rows.append(row)
+    return rows
