@@ -133,7 +133,13 @@ def _progress_bar(total: int, show: bool) -> Any:
 
 @task(cache_policy=NO_CACHE)
 def publish_report(
-    source: str, dest: str, model: str, outcome: dict[str, Any], skipped: list[str], seconds: float
+    source: str,
+    dest: str,
+    model: str,
+    outcome: dict[str, Any],
+    skipped: list[str],
+    seconds: float,
+    s3_endpoint_url: str | None,
 ) -> dict[str, Any]:
     run_names = [s["shard"] for s in outcome["done"]]
     # The contact sheet is drawn from thumbnails in a Ray task: pixels never enter the flow.
@@ -147,6 +153,7 @@ def publish_report(
             shards_skipped=len(skipped),
             shards_failed=outcome["failed"],
             seconds=seconds,
+            s3_endpoint_url=s3_endpoint_url,
         )
     )
     create_markdown_artifact(
@@ -209,6 +216,6 @@ def colorize_archive(
         show_progress,
     )
     seconds = time.perf_counter() - started
-    result = publish_report(source, dest, model, outcome, plan.skipped, seconds)
+    result = publish_report(source, dest, model, outcome, plan.skipped, seconds, s3_endpoint_url)
     result["retries"] = outcome["retries"]
     return result

@@ -339,13 +339,17 @@ def write_run_report(
     shards_failed: list[dict[str, Any]],
     seconds: float,
     max_rows: int = 12,
+    s3_endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """End-of-run entry point: everything committed in DEST -> the four report files.
+
+    Runs as a Ray task (pixels of the samples stay out of the flow), hence its own S3 setting.
 
     Reads the stats of every committed shard (so a resumed run reports the whole archive) and
     the sample strips of the first `max_rows` shards that have one. Returns {"report": dict,
     "markdown": str, "files": {name: URI}}.
     """
+    storage.configure(s3_endpoint_url)
     stats = load_committed_stats(dest)
     report = build_report(
         stats,

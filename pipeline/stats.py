@@ -108,6 +108,7 @@ class ShardStats:
     metrics: dict[str, MetricSummary] = field(default_factory=dict)
     sample: str | None = None  # URI of a small gray|colour strip for the contact sheet
     attempt: int = 1
+    peak_rss_mb: float = 0.0  # of the worker process, when the shard was committed
 
     def add_ok(self, metrics: dict[str, float]) -> None:
         self.rows += 1
@@ -134,6 +135,7 @@ class ShardStats:
             "metrics": {k: v.to_json() for k, v in sorted(self.metrics.items())},
             "sample": self.sample,
             "attempt": self.attempt,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
         }
 
     @classmethod
@@ -151,4 +153,5 @@ class ShardStats:
             metrics={k: MetricSummary.from_json(v) for k, v in data["metrics"].items()},
             sample=data.get("sample"),
             attempt=data.get("attempt", 1),
+            peak_rss_mb=data.get("peak_rss_mb", 0.0),
         )

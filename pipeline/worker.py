@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -158,6 +159,7 @@ class ShardColorizer:
             stats.sample = shard.sample_uri(dest)
             storage.write_bytes(stats.sample, _strip(samples))
         stats.seconds = time.perf_counter() - started
+        stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         document = stats.to_json()
         storage.write_bytes(shard.stats_uri(dest), json.dumps(document, indent=1).encode())
         return document

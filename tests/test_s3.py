@@ -1,0 +1,106 @@
+"""S3 end to end against a real S3 server on loopback, reached by boto3 and pyarrow over HTTP."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+import models
+from flows.colorize import colorize_archive
+from pipeline import storage
+from pipeline.pack import pack_images
+from tests.archive_helpers import make_image_folder
+from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def bucket(s3_server: str):
+    name = f"archive-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    storage.configure(s3_server)
+    yield name
+    storage.configure(None)
+
+
+def _keys(s3_server: str, bucket: str, prefix: str) -> list[str]:
+    client = boto3.client("s3", endpoint_url=s3_server)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def test_storage_round_trip(s3_server, bucket):
+    uri = f"s3://{bucket}/a/b.bin"
+    assert not storage.exists(uri)
+    storage.write_bytes(uri, b"hello")
+    assert storage.exists(uri) and storage.read_bytes(uri) == b"hello"
+    storage.write_bytes(f"s3://{bucket}/a/c/d.bin", b"x")
+    assert list(storage.list_files(f"s3://{bucket}/a")) == [uri, f"s3://{bucket}/a/c/d.bin"]
+    assert storage.source_exists(f"s3://{bucket}/a") and not storage.source_exists(
+        f"s3://{bucket}/z"
+    )
+    storage.delete(uri)
+    assert not storage.exists(uri)
+
+
+def test_pack_and_colorize_s3_to_s3(tmp_path: Path, s3_server, bucket, ray_local):  # noqa: F811
+    files = make_image_folder(tmp_path / "photos")
+    for rel, blob in files.items():
+        storage.write_bytes(f"s3://{bucket}/incoming/{rel}", blob)
+    model_path = tmp_path / "small.safetensors"
+    models.save(models.build("small"), model_path)
+    storage.write_bytes(f"s3://{bucket}/models/small.safetensors", model_path.read_bytes())
+
+    pack_images(f"s3://{bucket}/incoming", f"s3://{bucket}/packed", shard_size=4)
+    assert _keys(s3_server, bucket, "packed/") == [f"packed/part-0000{i}.parquet" for i in range(3)]
+    result = colorize_archive(
+        f"s3://{bucket}/packed",
+        f"s3://{bucket}/out",
+        model=f"s3://{bucket}/models/small.safetensors",
+        s3_endpoint_url=s3_server,
+    )
+    keys = _keys(s3_server, bucket, "out/")
+    for i in range(3):
+        assert f"out/part-0000{i}.parquet" in keys and f"out/_stats/part-0000{i}.json" in keys
+    assert {"out/report.json", "out/report.md", "out/contact_sheet.png"} <= set(keys)
+    assert not any("tmp" in k for k in keys)
+    fs, _ = storage.arrow_fs(f"s3://{bucket}/out")
+    parts = [f"{bucket}/{k}" for k in keys if k.endswith(".parquet") and "/_" not in k]
+    table = pq.read_table(parts, filesystem=fs)
+    assert sorted(table["id"].to_pylist()) == sorted(files)
+    assert result["images"] == len(files) and result["errors"] == 3
+    report = json.loads(storage.read_bytes(f"s3://{bucket}/out/report.json"))
+    assert report["shards"]["done"] == 3
+
+    again = colorize_archive(
+        f"s3://{bucket}/packed",
+        f"s3://{bucket}/out",
+        model=f"s3://{bucket}/models/small.safetensors",
+        s3_endpoint_url=s3_server,
+    )
+    assert again["shards"]["skipped"] == 3 and again["shards"]["done"] == 0
+
+
+def test_image_prefix_on_s3_to_local_dest(tmp_path: Path, s3_server, bucket, ray_local):  # noqa: F811
+    files = make_image_folder(tmp_path / "photos", bad=False)
+    for rel, blob in files.items():
+        storage.write_bytes(f"s3://{bucket}/scans/{rel}", blob)
+    model_path = tmp_path / "small.safetensors"
+    models.save(models.build("small"), model_path)
+    result = colorize_archive(
+        f"s3://{bucket}/scans",
+        str(tmp_path / "out"),
+        model=str(model_path),
+        shard_size=5,
+        s3_endpoint_url=s3_server,
+    )
+    assert result["ok"] == len(files)
+    parts = [str(p) for p in (tmp_path / "out").glob("*.parquet")]
+    table = pq.read_table(parts, columns=["id", "status"])
+    assert sorted(table["id"].to_pylist()) == sorted(files)
