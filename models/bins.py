@@ -38,9 +38,32 @@ def gamut_bin_centers(grid: int = GRID) -> torch.Tensor:
     return torch.tensor(_gamut_centers(grid), dtype=torch.float32)
 
 
-def nearest_bin(ab: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """ab (N, 2, h, w), centers (Q, 2) -> index of the nearest centre, (N, h, w) int64."""
-    return squared_distances(ab, centers).argmin(dim=1)
+def nearest_bin(ab: torch.Tensor, centers: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """ab (N, 2, h, w), centers (Q, 2) -> index of the nearest centre, (N, h, w) int64.
+
+    Fast path when the centres lie on the grid: a pixel whose rounded grid point is a bin has
+    that bin as its nearest (rounding gives the nearest grid point, and bins are grid points).
+    Only the rest (outside the bin set) are compared with every centre, in chunks, so that a
+    full-resolution photo never builds a (Q, H, W) tensor.
+    """
+    n, _, h, w = ab.shape
+    points = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+    c = centers.to(points)
+    out = torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
+    if bool(torch.all(torch.remainder(c, GRID) == 0)):
+        radius = int(c.abs().max().item() // GRID) + 1
+        side = 2 * radius + 1
+        lut = torch.full((side * side,), -1, dtype=torch.int64, device=points.device)
+        cells = (c / GRID).round().long() + radius
+        lut[cells[:, 0] * side + cells[:, 1]] = torch.arange(c.shape[0], device=points.device)
+        cell = torch.round(points / GRID).long() + radius
+        inside = ((cell >= 0) & (cell < side)).all(dim=1)
+        out[inside] = lut[cell[inside, 0] * side + cell[inside, 1]]
+    rest = (out < 0).nonzero().squeeze(1)
+    for start in range(0, rest.shape[0], chunk):
+        idx = rest[start : start + chunk]
+        out[idx] = torch.cdist(points[idx], c).argmin(dim=1)
+    return out.view(n, h, w)
 
 
 def squared_distances(ab: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ class ColumnNames:
     id: str = "id"
 
 
-def _image_bytes(column: pa.ChunkedArray | pa.Array) -> list[bytes | None]:
+def image_bytes_column(column: pa.ChunkedArray | pa.Array) -> list[bytes | None]:
     if pa.types.is_struct(column.type):
         if column.type.get_field_index("bytes") < 0:
             raise SourceError("image struct column has no 'bytes' field")
@@ -168,7 +168,7 @@ def read_batches(shard: Shard, columns: ColumnNames, batch_rows: int) -> Iterato
     row = 0
     for batch in pfile.iter_batches(batch_size=batch_rows):
         table = pa.Table.from_batches([batch])
-        images = _image_bytes(table.column(columns.image))
+        images = image_bytes_column(table.column(columns.image))
         if columns.id in table.column_names:
             ids = [str(v) for v in table.column(columns.id).to_pylist()]
             meta = table.drop_columns([columns.image, columns.id])

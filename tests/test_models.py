@@ -238,3 +238,16 @@ def test_converter_matches_our_network_with_the_same_weights(tmp_path: Path):
     torch.testing.assert_close(again.centers, centers313)
     with pytest.raises(KeyError, match="model_out"):
         from_release_state_dict({})
+
+
+@pytest.mark.parametrize("scale", [20.0, 80.0, 150.0])
+def test_nearest_bin_fast_path_matches_brute_force(scale):
+    from models.bins import squared_distances
+
+    centers = gamut_bin_centers()
+    ab = torch.randn(2, 2, 40, 50) * scale
+    dist = squared_distances(ab, centers)
+    got = torch.gather(dist, 1, nearest_bin(ab, centers)[:, None])
+    torch.testing.assert_close(got[:, 0], dist.min(dim=1).values)  # ties may pick either
+    off_grid = (torch.rand(313, 2) - 0.5) * 200  # a release-like set not on our grid
+    assert torch.equal(nearest_bin(ab, off_grid), squared_distances(ab, off_grid).argmin(1))

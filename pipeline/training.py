@@ -1,0 +1,358 @@
+"""Training data and the Ray Train loop (the paper's method: soft-encoded targets, class
+rebalancing, Adam with betas 0.9/0.99 and weight decay 1e-3).
+
+Data path: Ray Data reads the Parquet shards, keeps the split, decodes and resizes each colour
+photo to a `prepared` square (Ray tasks, once); a second pass counts ab bins for the prior.
+Each training worker then draws its own random crops and flips, converts to Lab and
+soft-encodes on the fly, with random numbers derived from (seed, step, rank): a run resumed
+from a checkpoint at step s sees exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import models
+from models.bins import gamut_bin_centers
+from models.targets import (
+    bin_histogram,
+    rebalance_weights,
+    rebalanced_cross_entropy,
+    smoothed_prior,
+)
+from pipeline import storage
+from pipeline.color import rgb_to_lab
+from pipeline.images import ImageError, decode_image
+from pipeline.shards import image_bytes_column
+
+CHECKPOINTS = "checkpoints"
+PROGRESS = "progress.json"
+
+
+def split_of(row_id: str, val_fraction: float) -> str:
+    """ "val" or "train", from a hash of the id: stable across runs, machines and shard layouts."""
+    h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big") / 2.0**64
+    return "val" if h < val_fraction else "train"
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "small"
+    crop: int = 176  # the released training's crop size
+    prepared: int = 200  # square the photos are resized to once; random crops are taken in it
+    batch_size: int = 16  # per worker
+    steps: int = 2000
+    lr: float = 3e-4
+    lr_schedule: str = "cosine"  # or "constant"
+    warmup_steps: int = 50
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    soft_k: int = 5
+    soft_sigma: float = 5.0
+    prior_sigma: float = 5.0
+    rebalance_lambda: float = 0.5
+    val_fraction: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    workers: int = 1
+    threads_per_worker: int = 1
+    image_column: str = "image"
+    id_column: str = "id"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.arch not in ("small", "eccv16"):
+            raise ValueError(f"--arch must be 'small' or 'eccv16', got {self.arch!r}")
+        if self.crop % 8 or self.crop < 32:
+            raise ValueError(f"--crop must be a multiple of 8 and >= 32, got {self.crop}")
+        if self.prepared < self.crop:
+            raise ValueError(f"--prepared ({self.prepared}) must be >= --crop ({self.crop})")
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"--lr-schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+
+# -- data (Ray Data) -----------------------------------------------------------------------
+def prepare_photo(data: bytes, size: int) -> np.ndarray | None:
+    """Encoded photo -> (size, size, 3) uint8 (short side resized, centre square); None for a
+    gray or unreadable image (no colour to learn from)."""
+    try:
+        decoded = decode_image(data)
+    except ImageError:
+        return None
+    if decoded.rgb is None:
+        return None
+    img = Image.fromarray(np.round(decoded.rgb * 255).astype(np.uint8))
+    scale = size / min(img.size)
+    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def prepare_batch(batch: pa.Table, config: TrainConfig, split: str) -> dict[str, np.ndarray]:
+    """Ray Data map_batches: raw Parquet rows -> prepared colour squares of one split."""
+    ids = [str(v) for v in batch.column(config.id_column).to_pylist()]
+    blobs = image_bytes_column(batch.column(config.image_column))
+    keep_ids, photos = [], []
+    for row_id, blob in zip(ids, blobs, strict=True):
+        if split_of(row_id, config.val_fraction) != split or not blob:
+            continue
+        photo = prepare_photo(blob, config.prepared)
+        if photo is not None:
+            keep_ids.append(row_id)
+            photos.append(photo)
+    size = config.prepared
+    return {
+        "id": np.array(keep_ids, dtype=object),
+        "rgb": np.stack(photos) if photos else np.zeros((0, size, size, 3), np.uint8),
+    }
+
+
+def read_split(shard_uris: list[str], config: TrainConfig, split: str) -> Any:
+    """A Ray Dataset of prepared photos of `split` ("train" or "val")."""
+    import ray.data
+
+    fs, _ = storage.arrow_fs(shard_uris[0])
+    paths = [storage.arrow_fs(u)[1] for u in shard_uris]
+    ds = ray.data.read_parquet(
+        paths, filesystem=fs, columns=[config.id_column, config.image_column]
+    )
+    return ds.map_batches(
+        partial(prepare_batch, config=config, split=split), batch_format="pyarrow", batch_size=16
+    )
+
+
+def ab_targets(rgb_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, S, S, 3) uint8 -> L (N, 1, S, S) and ab at the output resolution (N, 2, S/4, S/4)."""
+    lab = rgb_to_lab(rgb_uint8.permute(0, 3, 1, 2).float() / 255.0)
+    return lab[:, :1], F.avg_pool2d(lab[:, 1:], 4)
+
+
+def count_bins(batch: dict[str, np.ndarray], centers: torch.Tensor) -> dict[str, np.ndarray]:
+    """Ray Data map_batches: bin counts of the photos' ab at the output resolution."""
+    if len(batch["rgb"]) == 0:
+        return {"counts": np.zeros((0, centers.shape[0]))}
+    _, ab = ab_targets(torch.from_numpy(np.asarray(batch["rgb"])))
+    return {"counts": bin_histogram(ab, centers).numpy()[None]}
+
+
+def empirical_prior(ds: Any, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(counts, smoothed prior, images) over the prepared training split (a distributed pass)."""
+    centers = gamut_bin_centers()
+    per_batch = ds.map_batches(
+        partial(count_bins, centers=centers), batch_format="numpy"
+    ).take_all()
+    counts = torch.zeros(centers.shape[0], dtype=torch.float64)
+    for row in per_batch:
+        counts += torch.from_numpy(np.asarray(row["counts"]))
+    images = int(ds.count())
+    return counts, smoothed_prior(counts, centers, config.prior_sigma), images
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def checkpoint_uri(out: str, step: int) -> str:
+    return storage.join(out, CHECKPOINTS, f"step-{step:07d}.pt")
+
+
+def latest_checkpoint(out: str) -> str | None:
+    uris = [u for u in storage.list_files(storage.join(out, CHECKPOINTS)) if u.endswith(".pt")]
+    return max(uris, default=None)
+
+
+def load_state(uri: str) -> dict[str, Any]:
+    """A training checkpoint; tensors and plain containers only (weights_only: no unpickling)."""
+    state: dict[str, Any] = torch.load(
+        io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True
+    )
+    return state
+
+
+def save_state(uri: str, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+# -- the loop --------------------------------------------------------------------------------
+def learning_rate(config: TrainConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    if config.lr_schedule == "constant":
+        return config.lr * warm
+    return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+
+
+def sample_batch(photos: np.ndarray, config: TrainConfig, step: int, rank: int) -> torch.Tensor:
+    """This rank's batch for `step`: deterministic in (seed, step, rank); random crops, flips."""
+    n = len(photos)
+    per_epoch = max(1, n // config.batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([config.seed, epoch, rank]).permutation(n)
+    take = order[(np.arange(config.batch_size) + position * config.batch_size) % n]
+    rng = np.random.default_rng([config.seed, step, rank, 1])
+    limit = config.prepared - config.crop + 1
+    crops = []
+    for i in take:
+        y, x = rng.integers(0, limit, size=2)
+        crop = photos[i, y : y + config.crop, x : x + config.crop]
+        crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    return torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
+
+
+def train_step(
+    net: torch.nn.Module,
+    colorizer: models.Colorizer,
+    optimizer: torch.optim.Optimizer,
+    rgb: torch.Tensor,
+    weights: torch.Tensor,
+    config: TrainConfig,
+) -> float:
+    lightness, ab = ab_targets(rgb.to(colorizer.device))
+    logits = net((lightness - colorizer.l_center) / colorizer.l_scale)
+    loss = rebalanced_cross_entropy(
+        logits, ab, colorizer.centers, weights, k=config.soft_k, sigma=config.soft_sigma
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(
+        net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point (TorchTrainer, DDP). Rank 0 writes checkpoints and progress."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig(**loop_config["config"])
+    out: str = loop_config["out"]
+    storage.configure(loop_config.get("s3_endpoint_url"))
+    torch.set_num_threads(config.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+    # Every worker reads the whole prepared split, sorted by id, and keeps its rank's rows:
+    # the assignment is the same on every run (a streaming split is not).
+    rows = list(ray.train.get_dataset_shard("train").iter_rows())
+    rows.sort(key=lambda r: r["id"])
+    photos = np.stack([r["rgb"] for r in rows[rank::world]])
+
+    torch.manual_seed(config.seed)
+    prior = torch.tensor(loop_config["prior"], dtype=torch.float32)
+    colorizer = models.build(config.arch, prior=prior)
+    device = ray.train.torch.get_device()
+    colorizer.to(device)
+    net = ray.train.torch.prepare_model(colorizer.net)
+    optimizer = make_optimizer(net, config)
+    weights = rebalance_weights(colorizer.prior, config.rebalance_lambda)
+    start, history = 0, []
+    latest = latest_checkpoint(out)
+    if latest is not None:
+        state = load_state(latest)
+        colorizer.net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), list(state["history"])
+    net.train()
+    t0 = time.perf_counter()
+    for step in range(start, config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        loss = train_step(
+            net, colorizer, optimizer, sample_batch(photos, config, step, rank), weights, config
+        )
+        history.append(loss)
+        done = step + 1
+        if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
+            save_state(
+                checkpoint_uri(out, done),
+                {"net": colorizer.net.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": done, "history": history},
+            )  # fmt: skip
+        if done % config.log_every == 0 or done == config.steps:
+            recent = history[-config.log_every :]
+            metrics = {
+                "step": done,
+                "loss": sum(recent) / len(recent),
+                "lr": learning_rate(config, step),
+            }
+            if rank == 0:
+                rate = (done - start) * config.batch_size * world / (time.perf_counter() - t0)
+                progress = {**metrics, "steps": config.steps, "images_per_second": rate}
+                storage.write_bytes(storage.join(out, PROGRESS), json.dumps(progress).encode())
+            ray.train.report(metrics)
+
+
+def fit(train_ds: Any, out: str, config: TrainConfig, prior: torch.Tensor,
+        s3_endpoint_url: str | None, scratch: str) -> None:  # fmt: skip
+    """Run the Ray Train loop on `config.workers` workers (a GPU each when the cluster has
+    enough, else CPU threads), resuming from the latest checkpoint under `out`."""
+    import ray
+    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) >= config.workers
+    cpus = resources.get("CPU", 1)
+    per_worker: dict[str, float] = {"CPU": max(0.25, min(1.0, (cpus - 0.5) / config.workers))}
+    if use_gpu:
+        per_worker["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": asdict(config),
+            "out": out,
+            "prior": prior.tolist(),
+            "s3_endpoint_url": s3_endpoint_url,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(name="archive-colorize-train", storage_path=scratch),
+        datasets={"train": train_ds},
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    trainer.fit()
+
+
+def final_colorizer(out: str, config: TrainConfig, prior: torch.Tensor) -> models.Colorizer:
+    """The model of the latest checkpoint, with its prior, ready for `models.save`."""
+    latest = latest_checkpoint(out)
+    if latest is None:
+        raise FileNotFoundError(f"no training checkpoint under {out}")
+    state = load_state(latest)
+    colorizer = models.build(config.arch, prior=prior)
+    colorizer.net.load_state_dict(state["net"])
+    colorizer.card["training"] = {"steps": int(state["step"])}
+    return colorizer.eval()
+
+
+def loss_history(out: str) -> list[float]:
+    latest = latest_checkpoint(out)
+    return [] if latest is None else list(load_state(latest)["history"])
