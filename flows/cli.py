@@ -30,6 +30,7 @@ def _colorize(args: argparse.Namespace) -> int:
         output_format=args.format,
         quality=args.quality,
         max_pixels=args.max_pixels,
+        metrics_max_side=args.metrics_max_side,
         in_flight=args.in_flight,
         max_attempts=args.max_attempts,
         s3_endpoint_url=args.s3_endpoint_url,
@@ -142,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     col.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit"
+    )
+    col.add_argument(
+        "--metrics-max-side",
+        type=int,
+        default=512,
+        help="score metrics on a copy at most this large (default 512; 0: full resolution)",
     )
     col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
     col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")

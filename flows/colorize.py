@@ -184,6 +184,7 @@ def colorize_archive(
     output_format: str = "jpeg",
     quality: int = 95,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    metrics_max_side: int = 512,
     in_flight: int = 2,
     max_attempts: int = 3,
     s3_endpoint_url: str | None = None,
@@ -201,6 +202,7 @@ def colorize_archive(
         output_format=output_format,
         quality=quality,
         max_pixels=max_pixels,
+        metrics_max_side=metrics_max_side,
     )
     plan = plan_run(source, dest, model, options, shard_size)
     ensure_ray(ray_address)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Collection, Iterable
 from typing import Any, TypeAlias
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import storage
@@ -366,3 +367,60 @@ def write_run_report(
     strips = [storage.read_bytes(uri) for uri in samples]
     files = write_report(dest, report, strips)
     return {"report": report, "markdown": report_markdown(report), "files": files}
+
+
+SAMPLE_HEIGHT = 128
+
+
+def sample_pair(lightness: np.ndarray, rgb: np.ndarray) -> Image.Image:
+    """gray input | colour output, SAMPLE_HEIGHT tall: one cell of the contact sheet."""
+    gray = Image.fromarray(np.round(np.clip(lightness, 0, 100) * 2.55).astype(np.uint8), "L")
+    colour = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+    width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
+    pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
+    pair.paste(gray.convert("RGB").resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (0, 0))
+    pair.paste(colour.resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (width, 0))
+    return pair
+
+
+def sample_strip(pairs: list[Image.Image]) -> bytes:
+    """Pairs side by side as one PNG strip (a row of the contact sheet)."""
+    gap = 8
+    width = sum(p.width for p in pairs) + gap * (len(pairs) - 1)
+    strip = Image.new("RGB", (width, SAMPLE_HEIGHT), "white")
+    x = 0
+    for p in pairs:
+        strip.paste(p, (x, 0))
+        x += p.width + gap
+    return _png(strip)
+
+
+def loss_curve(history: list[float], width: int = 720, height: int = 360) -> bytes:
+    """Training loss per step (light) and its running mean over 50 steps (dark), as a PNG."""
+    if not history:
+        return _message_png("no training steps")
+    img = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    left, right, top, bottom = 60, width - 20, 30, height - 40
+    values = np.asarray(history, dtype=np.float64)
+    window = min(50, len(values))
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    lo, hi = float(values.min()), float(np.percentile(values, 99))
+    hi = hi if hi > lo else lo + 1.0
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        x = left + (right - left) * i / max(1, len(values) - 1)
+        y = bottom - (bottom - top) * (min(max(v, lo), hi) - lo) / (hi - lo)
+        return x, y
+
+    draw.line([xy(i, v) for i, v in enumerate(values)], fill=(170, 200, 230), width=1)
+    offset = window - 1
+    draw.line([xy(i + offset, v) for i, v in enumerate(smooth)], fill=_BAR, width=2)
+    draw.rectangle((left, top, right, bottom), outline=_GRAY)
+    draw.text((left, 8), f"training loss ({len(values)} steps)", fill=_BLACK, font=font)
+    draw.text((left - 6, top), f"{hi:.3g}", fill=_GRAY, font=font, anchor="ra")
+    draw.text((left - 6, bottom), f"{lo:.3g}", fill=_GRAY, font=font, anchor="rd")
+    draw.text((left, bottom + 6), "0", fill=_GRAY, font=font)
+    draw.text((right, bottom + 6), str(len(values)), fill=_GRAY, font=font, anchor="ra")
+    return _png(img)

@@ -9,7 +9,6 @@ model works on batch i, threads decode batch i + 1 and encode batch i - 1.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import resource
@@ -28,6 +27,7 @@ from pipeline import storage
 from pipeline.colorize import colorize_lightness
 from pipeline.images import DEFAULT_MAX_PIXELS, Decoded, ImageError, decode_image, encode_image
 from pipeline.metrics import image_metrics
+from pipeline.report import sample_pair, sample_strip
 from pipeline.shards import (
     OUTPUT_SCHEMA,
     ColumnNames,
@@ -37,8 +37,6 @@ from pipeline.shards import (
     read_batches,
 )
 from pipeline.stats import ShardStats
-
-SAMPLE_HEIGHT = 128
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class ColorizeOptions:
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
     samples_per_shard: int = 2  # gray|colour pairs kept for the contact sheet
+    metrics_max_side: int = 512  # score a copy at most this large (0: full resolution)
 
     def validate(self) -> None:
         """Fail fast with a message that says how to fix the option."""
@@ -62,6 +61,8 @@ class ColorizeOptions:
             raise ValueError(f"--format must be 'jpeg' or 'png', got {self.output_format!r}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.metrics_max_side < 0:
+            raise ValueError(f"--metrics-max-side must be >= 0, got {self.metrics_max_side}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels must be >= 1, got {self.max_pixels}")
 
@@ -116,6 +117,7 @@ class ShardColorizer:
         path = resolve_model(model)
         self.model = models.load(path, device=self.device)
         self.model_id = model_id(path)
+        self.centers, self.prior = self.model.centers.cpu(), self.model.prior.cpu()  # for metrics
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
         self.writer_thread = ThreadPoolExecutor(1, thread_name_prefix="writer")
@@ -157,7 +159,7 @@ class ShardColorizer:
                 shutil.rmtree(staging, ignore_errors=True)
         if samples:
             stats.sample = shard.sample_uri(dest)
-            storage.write_bytes(stats.sample, _strip(samples))
+            storage.write_bytes(stats.sample, sample_strip(samples))
         stats.seconds = time.perf_counter() - started
         stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         document = stats.to_json()
@@ -236,7 +238,7 @@ class ShardColorizer:
             if error is None:
                 stats.add_ok(metrics)
                 if len(samples) < self.options.samples_per_shard and item.result is not None:
-                    samples.append(_pair(item))
+                    samples.append(sample_pair(item.decoded.lightness, item.result[0]))  # type: ignore[union-attr]
             else:
                 stats.add_error(error[0])
         writer.write(cols, batch.metadata)
@@ -247,34 +249,11 @@ class ShardColorizer:
         try:
             dec = item.decoded
             rgb, ab = item.result
-            metrics = image_metrics(rgb, ab, dec.rgb, dec.ab, self.model.centers, self.model.prior)
+            metrics = image_metrics(
+                rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
+            )
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
             data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
             return data, metrics, None
         except Exception as exc:
             return None, {}, ("encode", f"{type(exc).__name__}: {exc}")
-
-
-def _pair(item: _Item) -> Image.Image:
-    """gray | colour, SAMPLE_HEIGHT tall."""
-    assert item.decoded is not None and item.result is not None
-    gray = Image.fromarray(np.round(item.decoded.lightness * 2.55).astype(np.uint8), "L")
-    colour = Image.fromarray(np.round(item.result[0] * 255).astype(np.uint8), "RGB")
-    width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
-    pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
-    pair.paste(gray.convert("RGB").resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (0, 0))
-    pair.paste(colour.resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (width, 0))
-    return pair
-
-
-def _strip(pairs: list[Image.Image]) -> bytes:
-    gap = 8
-    width = sum(p.width for p in pairs) + gap * (len(pairs) - 1)
-    strip = Image.new("RGB", (width, SAMPLE_HEIGHT), "white")
-    x = 0
-    for p in pairs:
-        strip.paste(p, (x, 0))
-        x += p.width + gap
-    buf = io.BytesIO()
-    strip.save(buf, "PNG")
-    return buf.getvalue()

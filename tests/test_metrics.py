@@ -62,3 +62,16 @@ def test_image_metrics_with_and_without_ground_truth(photos):
         full["auc"] == 1.0 and full["auc_rebalanced"] == 1.0 and full["ssim"] == pytest.approx(1.0)
     )
     assert full["colorfulness_delta"] == 0.0 and math.isinf(full["psnr"])
+
+
+def test_metrics_on_a_downscaled_copy(photos):
+    rgb = photos["astronaut"] / 255.0  # 512 x 512
+    ab = np.random.default_rng(0).uniform(-50, 50, (2, 512, 512))
+    full = image_metrics(rgb, ab, rgb, ab, torch.zeros(1, 2), torch.ones(1))
+    small = image_metrics(rgb, ab, rgb, ab, torch.zeros(1, 2), torch.ones(1), max_side=128)
+    assert small["auc"] == 1.0 and small["ssim"] == pytest.approx(1.0)
+    assert small["colorfulness"] == pytest.approx(full["colorfulness"], rel=0.05)
+    gray = np.full_like(rgb, 0.5)
+    a = image_metrics(gray, ab * 0, rgb, ab, max_side=0)
+    b = image_metrics(gray, ab * 0, rgb, ab, max_side=256)
+    assert b["auc"] == pytest.approx(a["auc"], abs=0.03)

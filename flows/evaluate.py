@@ -1,0 +1,103 @@
+"""Prefect flow: evaluate a model against the gray baseline on an archive of colour photos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.colorize import ConfigError, check_model
+from pipeline import storage
+from pipeline.evaluate import (
+    SPLITS,
+    evaluate_shard,
+    evaluation_markdown,
+    merge_evaluations,
+    write_evaluation,
+)
+from pipeline.runner import ensure_ray
+from pipeline.shards import ColumnNames, SourceError, list_shards
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_shards(
+    source: str,
+    out: str,
+    model: str,
+    split: str,
+    val_fraction: float,
+    columns: ColumnNames,
+    temperature: float | None,
+    s3_endpoint_url: str | None,
+) -> dict[str, Any]:
+    try:
+        shards = list_shards(source, out)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from exc
+    remote: Any = ray.remote(num_cpus=1, max_retries=2)(evaluate_shard)
+    refs = [
+        remote.remote(
+            model,
+            shard,
+            split=split,
+            val_fraction=val_fraction,
+            columns=columns,
+            temperature=temperature,
+            s3_endpoint_url=s3_endpoint_url,
+            sample_uri=storage.join(out, "_samples", f"{shard.name}.png"),
+        )
+        for shard in shards
+    ]
+    parts = ray.get(refs)
+    merged = merge_evaluations(parts)
+    merged["samples"] = [p["sample"] for p in parts if p["sample"]]
+    return merged
+
+
+@flow(name="evaluate-model")
+def evaluate_model(
+    source: str,
+    model: str = "default",
+    out: str = "out/evaluate",
+    split: str = "val",
+    val_fraction: float = 0.1,
+    temperature: float | None = None,
+    image_column: str = "image",
+    id_column: str = "id",
+    ray_address: str | None = None,
+    s3_endpoint_url: str | None = None,
+) -> dict[str, Any]:
+    """Score MODEL and the gray baseline on the colour photos of SPLIT of SOURCE; write
+    OUT/evaluation.json, evaluation.md and contact_sheet.png."""
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    storage.configure(s3_endpoint_url)
+    check_model(model)
+    ensure_ray(ray_address)
+    evaluation = evaluate_shards(
+        source,
+        out,
+        model,
+        split,
+        val_fraction,
+        ColumnNames(image_column, id_column),
+        temperature,
+        s3_endpoint_url,
+    )
+    evaluation.update(split=split, val_fraction=val_fraction, source=source, model=model)
+    markdown = evaluation_markdown(evaluation, model, source, split)
+    writer: Any = ray.remote(num_cpus=0)(write_evaluation)  # samples stay out of the flow
+    ray.get(writer.remote(out, evaluation, markdown, s3_endpoint_url))
+    create_markdown_artifact(
+        markdown=markdown, key="evaluation", description=f"{model} on {source}"
+    )
+    rows = [
+        {"metric": k, "model": v["model"], "gray": v["gray"]}
+        for k, v in evaluation["metrics"].items()
+    ]
+    if rows:
+        create_table_artifact(table=rows, key="evaluation-metrics")
+    return evaluation

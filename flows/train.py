@@ -1,0 +1,223 @@
+"""Prefect flow: train a colorization model with the paper's method on Ray Train.
+
+The flow lists shards, runs the prior pass (Ray Data), the training (Ray Train workers),
+then saves the model with its card, evaluates it against the gray baseline on the validation
+split, and records those figures in the card. Re-running with the same OUT resumes from the
+latest checkpoint there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+import models
+from flows.colorize import ConfigError
+from flows.evaluate import evaluate_model
+from pipeline import report, storage
+from pipeline.evaluate import evaluation_markdown
+from pipeline.pack import pack_images
+from pipeline.runner import ensure_ray
+from pipeline.shards import SourceError, parquet_schema
+from pipeline.training import (
+    PROGRESS,
+    TrainConfig,
+    empirical_prior,
+    final_colorizer,
+    fit,
+    loss_history,
+    read_split,
+)
+
+
+def code_version() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"archive-colorize {version('archive-colorize')}"
+
+
+@task(cache_policy=NO_CACHE)
+def training_shards(source: str, out: str, config: TrainConfig) -> tuple[str, list[str]]:
+    """(archive, its Parquet shards) to train on; a folder of images is packed under OUT/data."""
+    try:
+        uris = [u for u in storage.list_files(source) if u.endswith(".parquet")]
+        if not uris:
+            packed = storage.join(out, "data")
+            uris = pack_images(source, packed)
+            source = packed
+        names = parquet_schema(uris[0]).names
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from exc
+    for column, option in (
+        (config.image_column, "--image-column"),
+        (config.id_column, "--id-column"),
+    ):
+        if column not in names:
+            raise ConfigError(f"training data has no column {column!r}: pass {option}")
+    return source, uris
+
+
+@task(cache_policy=NO_CACHE)
+def compute_prior(uris: list[str], config: TrainConfig) -> dict[str, Any]:
+    train_ds = read_split(uris, config, "train").materialize()
+    counts, prior, images = empirical_prior(train_ds, config)
+    if images == 0:
+        raise ConfigError("no colour photos in the training split: training needs colour images")
+    get_run_logger().info("prior over %d training photos, %d bins", images, prior.shape[0])
+    return {"dataset": train_ds, "prior": prior, "counts": counts, "images": images}
+
+
+@task(cache_policy=NO_CACHE)
+def run_training(
+    data: dict[str, Any], out: str, config: TrainConfig, s3_endpoint_url: str | None,
+    show_progress: bool,
+) -> float:  # fmt: skip
+    """Ray Train; a watcher thread turns OUT/progress.json into a progress bar and artifact."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    artifact = create_progress_artifact(progress=0.0, key="train-progress", description=out)
+    bar = tqdm(total=config.steps, unit="step", disable=not show_progress, dynamic_ncols=True)
+    stop = threading.Event()
+
+    def watch() -> None:
+        uri = storage.join(out, PROGRESS)
+        while not stop.wait(2.0):
+            try:
+                progress = json.loads(storage.read_bytes(uri))
+            except (OSError, ValueError, Exception):  # not written yet
+                continue
+            bar.update(progress["step"] - bar.n)
+            bar.set_postfix(
+                loss=f"{progress['loss']:.3f}", img_s=f"{progress['images_per_second']:.1f}"
+            )
+            update_progress_artifact(artifact, 100.0 * progress["step"] / config.steps)  # type: ignore[arg-type]
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ray-train-") as scratch:
+            fit(data["dataset"], out, config, data["prior"], s3_endpoint_url, scratch)
+    finally:
+        stop.set()
+        watcher.join()
+        bar.close()
+    return time.perf_counter() - started
+
+
+@task(cache_policy=NO_CACHE)
+def save_model(
+    out: str, config: TrainConfig, data: dict[str, Any], source: str, seconds: float,
+    evaluation: dict[str, Any] | None,
+) -> str:  # fmt: skip
+    """OUT/model.safetensors (+ model.json) with its card, and OUT/loss.png."""
+    colorizer = final_colorizer(out, config, data["prior"])
+    colorizer.card.update(
+        {
+            "name": "archive-colorize " + config.arch,
+            "training": {
+                **colorizer.card.get("training", {}),
+                "source": source,
+                "images": data["images"],
+                "hyperparameters": asdict(config),
+                "seconds": round(seconds, 1),
+                "code_version": code_version(),
+                "torch": torch.__version__,
+            },
+            "metrics": evaluation,
+        }
+    )
+    uri = storage.join(out, "model.safetensors")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = models.save(colorizer, Path(tmp) / "model.safetensors")
+        storage.put_file(local, uri)
+        storage.put_file(local.with_suffix(".json"), storage.join(out, "model.json"))
+    storage.write_bytes(storage.join(out, "loss.png"), report.loss_curve(loss_history(out)))
+    return uri
+
+
+@flow(name="train-model")
+def train_model(
+    source: str,
+    out: str,
+    arch: str = "small",
+    steps: int = 2000,
+    batch_size: int = 16,
+    lr: float = 3e-4,
+    lr_schedule: str = "cosine",
+    crop: int = 176,
+    val_fraction: float = 0.1,
+    workers: int = 1,
+    checkpoint_every: int = 200,
+    soft_k: int = 5,
+    seed: int = 0,
+    image_column: str = "image",
+    id_column: str = "id",
+    ray_address: str | None = None,
+    s3_endpoint_url: str | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Train ARCH on the colour photos of SOURCE (Parquet archive or image folder, local or
+    s3://) into OUT (local or s3://): checkpoints, model.safetensors with its card, loss.png,
+    and the validation evaluation against the gray baseline."""
+    config = TrainConfig(
+        arch=arch, steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+        crop=crop, prepared=max(crop, round(crop * 8 / 7 / 8) * 8), val_fraction=val_fraction,
+        workers=workers, checkpoint_every=checkpoint_every, soft_k=soft_k, seed=seed,
+        image_column=image_column, id_column=id_column,
+    )  # fmt: skip
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    storage.configure(s3_endpoint_url)
+    ensure_ray(ray_address)
+    config.threads_per_worker = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    archive, uris = training_shards(source, out, config)
+    data = compute_prior(uris, config)
+    seconds = run_training(data, out, config, s3_endpoint_url, show_progress)
+    model_uri = save_model(out, config, data, source, seconds, None)
+    evaluation = evaluate_model(
+        source=archive,
+        model=model_uri, out=storage.join(out, "evaluation"), split="val",
+        val_fraction=val_fraction, image_column=image_column, id_column=id_column,
+        ray_address=ray_address, s3_endpoint_url=s3_endpoint_url,
+    )  # fmt: skip
+    card_metrics = {k: v for k, v in evaluation.items() if k != "samples"}
+    model_uri = save_model(out, config, data, source, seconds, card_metrics)
+    summary = {
+        "model": model_uri,
+        "train_images": data["images"],
+        "seconds": seconds,
+        **card_metrics,
+    }
+    markdown = evaluation_markdown(card_metrics, model_uri, archive, "val")
+    create_markdown_artifact(markdown=markdown, key="train-report")
+    create_table_artifact(
+        table=[{"metric": k, **v} for k, v in card_metrics["metrics"].items()], key="train-metrics"
+    )
+    return summary

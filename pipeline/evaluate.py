@@ -1,0 +1,161 @@
+"""Evaluation of a model against the gray baseline (ab = 0) on the colour photos of a split.
+
+One Ray task per shard: decode at full resolution, colorize with the model (the same code
+path as the archive job), and score both the model and the gray baseline with every metric.
+Deterministic, so re-running it reproduces the figures a model card records.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import models
+from pipeline import storage
+from pipeline.color import lab_to_rgb
+from pipeline.colorize import colorize_lightness
+from pipeline.images import ImageError, decode_image
+from pipeline.metrics import image_metrics
+from pipeline.report import contact_sheet, sample_pair, sample_strip
+from pipeline.shards import ColumnNames, Shard, read_batches
+from pipeline.stats import MetricSummary, ShardStats
+from pipeline.training import split_of
+from pipeline.worker import resolve_model
+
+SPLITS = ("val", "train", "all")
+
+
+def gray_baseline(lightness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image with no colour at all: (RGB, ab = 0)."""
+    ab = np.zeros((2, *lightness.shape), dtype=np.float32)
+    lab = torch.from_numpy(np.concatenate([lightness[None], ab]))
+    return lab_to_rgb(lab).permute(1, 2, 0).numpy(), ab
+
+
+def evaluate_shard(
+    model: str,
+    shard: Shard,
+    *,
+    split: str = "val",
+    val_fraction: float = 0.1,
+    columns: ColumnNames | None = None,
+    temperature: float | None = None,
+    batch_size: int = 4,
+    s3_endpoint_url: str | None = None,
+    sample_uri: str | None = None,
+    samples: int = 2,
+    metrics_max_side: int = 512,
+) -> dict[str, Any]:
+    """Scores of the model and of the gray baseline over the colour photos of `split` in
+    `shard`: {"shard", "model": ShardStats JSON, "gray": ShardStats JSON, "skipped": {...}}."""
+    storage.configure(s3_endpoint_url)
+    colorizer = models.load(resolve_model(model))
+    scored = {name: ShardStats(shard.name, shard.uri, "") for name in ("model", "gray")}
+    skipped = {"other_split": 0, "gray_input": 0, "unreadable": 0}
+    cols = columns or ColumnNames()
+    pairs: list[Image.Image] = []
+    for batch in read_batches(shard, cols, batch_size):
+        kept = []
+        for row_id, load in zip(batch.ids, batch.loaders, strict=True):
+            if split != "all" and split_of(row_id, val_fraction) != split:
+                skipped["other_split"] += 1
+                continue
+            try:
+                data = load()
+                decoded = decode_image(data) if data else None
+            except ImageError:
+                decoded = None
+            if decoded is None:
+                skipped["unreadable"] += 1
+            elif decoded.rgb is None:
+                skipped["gray_input"] += 1
+            else:
+                kept.append(decoded)
+        if not kept:
+            continue
+        results = colorize_lightness(colorizer, [d.lightness for d in kept], temperature)
+        for dec, (rgb, ab) in zip(kept, results, strict=True):
+            if len(pairs) < samples:
+                pairs.append(sample_pair(dec.lightness, rgb))
+            gray_rgb, gray_ab = gray_baseline(dec.lightness)
+            for name, (p_rgb, p_ab) in (("model", (rgb, ab)), ("gray", (gray_rgb, gray_ab))):
+                scored[name].add_ok(
+                    image_metrics(
+                        p_rgb,
+                        p_ab,
+                        dec.rgb,
+                        dec.ab,
+                        colorizer.centers,
+                        colorizer.prior,
+                        metrics_max_side,
+                    )
+                )
+    if sample_uri and pairs:
+        storage.write_bytes(sample_uri, sample_strip(pairs))
+    return {
+        "shard": shard.name,
+        "sample": sample_uri if pairs else None,
+        "model": scored["model"].to_json(),
+        "gray": scored["gray"].to_json(),
+        "skipped": skipped,
+    }
+
+
+def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-shard evaluations -> {"images", "skipped", "metrics": {name: {"model", "gray"}}}."""
+    merged: dict[str, dict[str, MetricSummary]] = {"model": {}, "gray": {}}
+    skipped: dict[str, int] = {}
+    images = 0
+    for part in parts:
+        images += part["model"]["ok"]
+        for kind, count in part["skipped"].items():
+            skipped[kind] = skipped.get(kind, 0) + count
+        for who in ("model", "gray"):
+            for name, summary in part[who]["metrics"].items():
+                merged[who].setdefault(name, MetricSummary()).merge(
+                    MetricSummary.from_json(summary)
+                )
+    metrics = {
+        name: {who: merged[who][name].mean for who in ("model", "gray")}
+        for name in sorted(merged["model"])
+    }
+    return {"images": images, "skipped": skipped, "metrics": metrics}
+
+
+def evaluation_markdown(evaluation: dict[str, Any], model: str, source: str, split: str) -> str:
+    lines = [
+        f"# Evaluation of `{model}`",
+        "",
+        f"Source `{source}`, split `{split}`: {evaluation['images']} colour photos "
+        f"(skipped: {evaluation['skipped']}).",
+        "",
+        "| metric | model | gray baseline | model - gray |",
+        "|---|---|---|---|",
+    ]
+    for name, m in evaluation["metrics"].items():
+        model_v, gray_v = m["model"], m["gray"]
+        diff = "" if model_v is None or gray_v is None else f"{model_v - gray_v:+.4f}"
+        lines.append(f"| {name} | {_fmt(model_v)} | {_fmt(gray_v)} | {diff} |")
+    lines += ["", "![samples](contact_sheet.png)", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def write_evaluation(
+    out: str, evaluation: dict[str, Any], markdown: str, s3_endpoint_url: str | None
+) -> None:
+    """OUT/evaluation.json, evaluation.md and contact_sheet.png (from the sample strips)."""
+    storage.configure(s3_endpoint_url)
+    strips = [storage.read_bytes(uri) for uri in evaluation["samples"][:12]]
+    storage.write_bytes(storage.join(out, "contact_sheet.png"), contact_sheet(strips))
+    storage.write_bytes(storage.join(out, "evaluation.md"), markdown.encode())
+    storage.write_bytes(
+        storage.join(out, "evaluation.json"), json.dumps(evaluation, indent=2).encode()
+    )
