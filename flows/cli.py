@@ -54,6 +54,61 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
         print(f"  {storage.join(dest, name)}")
 
 
+def _train(args: argparse.Namespace) -> int:
+    from flows.train import train_model
+
+    result = train_model(
+        source=args.source,
+        out=args.out,
+        arch=args.arch,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        crop=args.crop,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        soft_k=args.soft_k,
+        seed=args.seed,
+        image_column=args.image_column,
+        id_column=args.id_column,
+        ray_address=args.ray_address,
+        s3_endpoint_url=args.s3_endpoint_url,
+        show_progress=True,
+    )
+    print(f"model: {result['model']} ({result['train_images']} training photos)")
+    _print_evaluation(result)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate_model
+
+    result = evaluate_model(
+        source=args.source,
+        model=args.model,
+        out=args.out,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        temperature=args.temperature,
+        image_column=args.image_column,
+        id_column=args.id_column,
+        ray_address=args.ray_address,
+        s3_endpoint_url=args.s3_endpoint_url,
+    )
+    _print_evaluation(result)
+    print(f"report: {args.out}/evaluation.md, {args.out}/contact_sheet.png")
+    return 0
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
+    print(f"{result['images']} colour photos of the {result['split']} split")
+    print(f"  {'metric':20s} {'model':>10s} {'gray':>10s}")
+    for name, m in result["metrics"].items():
+        print(f"  {name:20s} {m['model']:10.4f} {m['gray']:10.4f}")
+
+
 def _pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -158,6 +213,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
     )
     col.set_defaults(func=_colorize)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--image-column", default="image", help="Parquet image column")
+    common.add_argument("--id-column", default="id", help="Parquet id column")
+    common.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
+    common.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"))
+    common.add_argument("--s3-endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model on colour photos (Ray Train); re-running resumes",
+        description="Train on the colour photos of SOURCE (Parquet archive or image folder) "
+        "into OUT: checkpoints, model.safetensors + model.json, loss.png, evaluation/.",
+    )
+    train.add_argument("source")
+    train.add_argument("out")
+    train.add_argument("--arch", choices=("small", "eccv16"), default="small")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
+    train.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (3e-4)")
+    train.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
+    train.add_argument("--crop", type=int, default=176, help="random crop size (176)")
+    train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument("--soft-k", type=int, default=5, help="soft-encoding neighbours (5)")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score a model against the gray baseline on an archive of colour photos",
+    )
+    ev.add_argument("source")
+    ev.add_argument("--model", default="default")
+    ev.add_argument("--out", default="out/evaluate", help="report folder (out/evaluate)")
+    ev.add_argument("--split", choices=("val", "train", "all"), default="val")
+    ev.add_argument("--temperature", type=float, default=None, help="default: the model's")
+    ev.set_defaults(func=_evaluate)
 
     pack = sub.add_parser("pack", help="pack a folder or prefix of images into Parquet shards")
     pack.add_argument("source")
