@@ -28,11 +28,13 @@ pytest: install
 
 test: lint pytest
 
+# The embedded default: local Ray, Prefect's ephemeral API, local disk, the shipped model.
 demo: install
-	$(VENV)/bin/archive-colorize demo
+	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 $(VENV)/bin/archive-colorize demo
 
 bench: install
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_archive.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
