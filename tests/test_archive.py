@@ -236,3 +236,17 @@ def test_whole_run_killed_then_rerun_completes_without_duplicates(tmp_path, smal
     # committed shards were not redone
     for name, mtime in committed.items():
         assert (out / "_stats" / f"{name}.json").stat().st_mtime_ns == mtime
+
+
+def test_pack_command_line(tmp_path):
+    from flows import cli
+
+    files = make_image_folder(tmp_path / "photos", bad=False)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["pack", str(tmp_path / "photos"), str(tmp_path / "packed"), "--shard-size", "4"])
+    assert exit_code.value.code == 0
+    table = pq.read_table(sorted(str(p) for p in (tmp_path / "packed").glob("*.parquet")))
+    assert sorted(table["id"].to_pylist()) == sorted(files)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["pack", str(tmp_path / "missing"), str(tmp_path / "packed2")])
+    assert exit_code.value.code == 2

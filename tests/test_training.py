@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data
 
 import models
-from flows.evaluate import evaluate_model
+from flows import cli
 from flows.train import train_model
 from models.bins import nearest_bin
 from pipeline import storage
@@ -163,11 +163,12 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
     for key in a["net"]:
         torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-5)
 
-    # `evaluate` on the validation split reproduces the card's figures
-    again = evaluate_model(
-        str(src), model=str(a_dir / "model.safetensors"), out=str(tmp_path / "eval"),
-        val_fraction=0.25,
-    )  # fmt: skip
+    # `archive-colorize evaluate` on the validation split reproduces the card's figures
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["evaluate", str(src), "--model", str(a_dir / "model.safetensors"),
+                  "--out", str(tmp_path / "eval"), "--val-fraction", "0.25"])  # fmt: skip
+    assert exit_code.value.code == 0
+    again = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert again["metrics"] == card["metrics"]["metrics"]
     assert (tmp_path / "eval" / "contact_sheet.png").is_file()
     assert "gray baseline" in (tmp_path / "eval" / "evaluation.md").read_text()
