@@ -217,6 +217,7 @@ def colorize_archive(
         s3_endpoint_url,
         show_progress,
     )
+    storage.clean_staging(dest)
     seconds = time.perf_counter() - started
     result = publish_report(source, dest, model, outcome, plan.skipped, seconds, s3_endpoint_url)
     result["retries"] = outcome["retries"]

@@ -9,10 +9,12 @@ object), so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -203,6 +205,23 @@ def local_staging_dir(dest: str) -> str:
     staging = Path(dest, "_tmp")
     staging.mkdir(parents=True, exist_ok=True)
     return str(staging)
+
+
+def clean_staging(dest: str, max_age_seconds: float = 3600.0) -> None:
+    """Remove temp files a crashed run left in DEST/_tmp (older than `max_age_seconds`, so a
+    concurrent writer's live files stay), and the folder once it is empty. Local only: S3
+    staging is a temp dir of the writing process."""
+    if is_s3(dest):
+        return
+    staging = Path(dest, "_tmp")
+    if not staging.is_dir():
+        return
+    now = time.time()
+    for path in staging.iterdir():
+        if path.is_file() and now - path.stat().st_mtime > max_age_seconds:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: a live writer
+        staging.rmdir()
 
 
 def fetch_to_local(uri: str) -> str:

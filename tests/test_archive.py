@@ -103,6 +103,7 @@ def test_pack_then_colorize_parquet_archive(tmp_path: Path, ray_local, small_mod
     for name in ("report.json", "report.md", "metrics.png", "contact_sheet.png"):
         assert (tmp_path / "out" / name).is_file(), name
     assert Image.open(tmp_path / "out" / "contact_sheet.png").size[1] > 128
+    assert not (tmp_path / "out" / "_tmp").exists()  # staging cleaned up
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["errors_by_kind"] == {"corrupt": 1, "empty": 1, "not_an_image": 1}
     assert report["metrics"]["auc"]["count"] == 4  # the four colour photos
