@@ -76,7 +76,7 @@ def list_shards(source: str, dest: str, shard_size: int = 256) -> list[Shard]:
     files = [u for u in storage.list_files(source) if not u.startswith(dest_prefix)]
     parquet = [u for u in files if u.endswith(".parquet")]
     if parquet:
-        root = source if parquet[0] != source else str(Path(source).parent)
+        root = source if parquet[0] != source else source.rsplit("/", 1)[0]  # a single file
         return [Shard(storage.relative(root, u)[: -len(".parquet")], "parquet", u) for u in parquet]
     images = [storage.relative(source, u) for u in files if u.lower().endswith(IMAGE_SUFFIXES)]
     if not images:

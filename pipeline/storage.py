@@ -133,6 +133,8 @@ def list_files(uri: str) -> Iterator[str]:
             _s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix)
         )
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        if not keys and loc.key and exists(uri):  # the URI names one object
+            keys = [loc.key]
         yield from (f"s3://{loc.bucket}/{k}" for k in sorted(keys) if not k.endswith("/"))
         return
     root = Path(uri)

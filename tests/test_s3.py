@@ -42,6 +42,8 @@ def test_storage_round_trip(s3_server, bucket):
     assert storage.exists(uri) and storage.read_bytes(uri) == b"hello"
     storage.write_bytes(f"s3://{bucket}/a/c/d.bin", b"x")
     assert list(storage.list_files(f"s3://{bucket}/a")) == [uri, f"s3://{bucket}/a/c/d.bin"]
+    single = f"s3://{bucket}/a/c/d.bin"  # a URI naming one object lists that object
+    assert list(storage.list_files(single)) == [single]
     assert storage.source_exists(f"s3://{bucket}/a") and not storage.source_exists(
         f"s3://{bucket}/z"
     )
