@@ -109,7 +109,7 @@ def run_training(
         while not stop.wait(2.0):
             try:
                 progress = json.loads(storage.read_bytes(uri))
-            except (OSError, ValueError, Exception):  # not written yet
+            except Exception:  # not written yet (or S3 hiccup): try again next tick
                 continue
             bar.update(progress["step"] - bar.n)
             bar.set_postfix(

@@ -43,7 +43,7 @@ PROGRESS = "progress.json"
 
 
 def split_of(row_id: str, val_fraction: float) -> str:
-    """ "val" or "train", from a hash of the id: stable across runs, machines and shard layouts."""
+    """The split of a row, from a hash of its id: stable across runs, machines and shardings."""
     h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big") / 2.0**64
     return "val" if h < val_fraction else "train"
 
