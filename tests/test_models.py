@@ -251,3 +251,16 @@ def test_nearest_bin_fast_path_matches_brute_force(scale):
     torch.testing.assert_close(got[:, 0], dist.min(dim=1).values)  # ties may pick either
     off_grid = (torch.rand(313, 2) - 0.5) * 200  # a release-like set not on our grid
     assert torch.equal(nearest_bin(ab, off_grid), squared_distances(ab, off_grid).argmin(1))
+
+
+def test_the_shipped_default_model_loads_with_its_card():
+    model = models.load("default")
+    card = models.read_card(models.DEFAULT_MODEL)
+    assert model.arch == "small" and model.temperature == 0.38 and model.num_bins == 261
+    assert card["training"]["images"] > 300 and card["training"]["hyperparameters"]["soft_k"] == 5
+    metrics = card["metrics"]["metrics"]
+    # it beats the gray baseline on rebalanced AuC on its validation split, as documented
+    assert metrics["auc_rebalanced"]["model"] > metrics["auc_rebalanced"]["gray"]
+    assert abs(model.prior.sum().item() - 1.0) < 1e-4 and model.prior.max() < 0.5
+    x = torch.rand(1, 1, 64, 64) * 100
+    assert model(x).shape == (1, 261, 16, 16)
