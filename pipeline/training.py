@@ -167,7 +167,7 @@ def empirical_prior(ds: Any, config: TrainConfig) -> tuple[torch.Tensor, torch.T
     ).take_all()
     counts = torch.zeros(centers.shape[0], dtype=torch.float64)
     for row in per_batch:
-        counts += torch.from_numpy(np.asarray(row["counts"]))
+        counts += torch.from_numpy(np.array(row["counts"]))  # a writable copy
     images = int(ds.count())
     return counts, smoothed_prior(counts, centers, config.prior_sigma), images
 
