@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, IptcImagePlugin
 
 from pipeline.color import gray_to_lightness, rgb_to_lab
 
@@ -45,8 +45,46 @@ class Decoded:
         return self.lightness.shape[1], self.lightness.shape[0]
 
 
-def _metadata(img: Image.Image) -> dict[str, Any]:
+def _iptc_records(img: Image.Image) -> bytes | None:
+    """The IPTC-IIM datasets of a JPEG (Photoshop APP13) or TIFF (tag 33723) as raw records."""
+    if not isinstance(img, ImageFile.ImageFile):
+        return None
+    try:
+        datasets = IptcImagePlugin.getiptcinfo(img)
+    except (OSError, SyntaxError, ValueError):
+        return None  # a damaged IPTC block is dropped; the pixels still count
+    if not datasets:
+        return None
+    out = bytearray()
+    for (record, number), value in sorted(datasets.items()):
+        for item in value if isinstance(value, list) else [value]:
+            if len(item) < 0x8000:
+                out += bytes((0x1C, record, number)) + len(item).to_bytes(2, "big") + item
+            else:  # extended dataset: a 4-byte length follows
+                out += bytes((0x1C, record, number)) + b"\x80\x04" + len(item).to_bytes(4, "big")
+                out += item
+    return bytes(out)
+
+
+def _photoshop_iptc_segment(records: bytes) -> bytes:
+    """A JPEG APP13 segment holding IPTC records as the Photoshop 0x0404 resource."""
+    resource = b"8BIM\x04\x04\x00\x00" + len(records).to_bytes(4, "big") + records
+    resource += b"\x00" * (len(records) & 1)  # resources are padded to even length
+    body = b"Photoshop 3.0\x00" + resource
+    return b"\xff\xed" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _png_iptc_text(records: bytes) -> bytes:
+    """IPTC as PNG's conventional "Raw profile type iptc" text (ImageMagick, ExifTool)."""
+    hexed = records.hex()
+    lines = "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72))
+    return f"\niptc\n{len(records):8d}\n{lines}\n".encode()
+
+
+def _metadata(img: Image.Image, iptc: bytes | None) -> dict[str, Any]:
     meta: dict[str, Any] = {}
+    if iptc:
+        meta["iptc"] = iptc
     exif = img.getexif()
     if exif:
         exif.pop(0x0112, None)  # orientation was applied to the pixels: upright from now on
@@ -77,8 +115,9 @@ def _gray_to_l(gray: np.ndarray) -> np.ndarray:
 
 def decode_pil(img: Image.Image) -> Decoded:
     """A PIL image (already open) -> Decoded; see `decode_image`."""
+    iptc = _iptc_records(img)  # before the transpose, which drops TIFF tags
     img = ImageOps.exif_transpose(img) or img
-    meta = _metadata(img)
+    meta = _metadata(img, iptc)
     mode = img.mode
     if mode not in SUPPORTED_MODES:
         raise ImageError("unsupported_mode", f"unsupported image mode {mode!r}")
@@ -166,6 +205,13 @@ def encode_image(
     for key in ("exif", "dpi", "xmp"):
         if key in meta:
             kwargs[key] = meta[key]
+    if fmt == "jpeg" and "iptc" in meta and len(meta["iptc"]) < 65000:
+        kwargs["extra"] = _photoshop_iptc_segment(meta["iptc"])  # one segment holds < 64 KiB
+    if fmt == "png" and "iptc" in meta:
+        from PIL.PngImagePlugin import PngInfo
+
+        kwargs["pnginfo"] = PngInfo()
+        kwargs["pnginfo"].add_text("Raw profile type iptc", _png_iptc_text(meta["iptc"]), zip=True)
     if fmt == "jpeg":
         img.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kwargs)
     elif fmt == "png":
@@ -204,6 +250,9 @@ def _add_png_chunks(data: bytes, meta: dict[str, Any]) -> bytes:
         extra.append((b"pHYs", ppm[0].to_bytes(4, "big") + ppm[1].to_bytes(4, "big") + b"\x01"))
     if "xmp" in meta:
         extra.append((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta["xmp"]))
+    if "iptc" in meta:
+        text = zlib.compress(_png_iptc_text(meta["iptc"]))
+        extra.append((b"zTXt", b"Raw profile type iptc\x00\x00" + text))
     out = io.BytesIO()
     # IHDR first, then our ancillary chunks, then the rest
     png.write_chunks(out, [chunks[0], *extra, *chunks[1:]])

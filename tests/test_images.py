@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, IptcImagePlugin, TiffImagePlugin
 from skimage import color
 
 from pipeline.images import ImageError, decode_image, encode_image
@@ -103,3 +103,28 @@ def test_encode_keeps_size_dpi_exif_and_adds_srgb_profile(photos):
     assert round(png16.info["dpi"][0]) == 300
     with pytest.raises(ValueError, match="jpeg"):
         encode_image(rgb, "gif")
+
+
+def test_iptc_from_a_tiff_travels_to_jpeg_and_png_outputs():
+    # caption (2:120) and two keywords (2:25), as a scanning station would write them
+    records = b"\x1c\x02\x78\x00\x0bA caption !\x1c\x02\x19\x00\x04kw-1\x1c\x02\x19\x00\x04kw-2"
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[33723] = records
+    tags.tagtype[33723] = 7  # UNDEFINED: raw bytes
+    src = _bytes(Image.new("L", (40, 30), 120), "TIFF", tiffinfo=tags)
+    expected = IptcImagePlugin.getiptcinfo(Image.open(io.BytesIO(src)))
+    assert expected == {(2, 120): b"A caption !", (2, 25): [b"kw-1", b"kw-2"]}
+    meta = decode_image(src).metadata
+    rgb = np.full((30, 40, 3), 0.5, np.float32)
+
+    jpeg = Image.open(io.BytesIO(encode_image(rgb, "jpeg", metadata=meta)))
+    assert IptcImagePlugin.getiptcinfo(jpeg) == expected
+    # PNG has no IPTC chunk: the "Raw profile type iptc" text that ExifTool and ImageMagick read
+    for png_bytes in (
+        encode_image(rgb, "png", metadata=meta),
+        encode_image(rgb, bit_depth=16, metadata=meta),
+    ):
+        text = Image.open(io.BytesIO(png_bytes)).info["Raw profile type iptc"]
+        name, length, *hex_lines = text.split()
+        assert name == "iptc" and int(length) == len(meta["iptc"])
+        assert bytes.fromhex("".join(hex_lines)) == meta["iptc"]
