@@ -1,6 +1,7 @@
 """Colorize a batch: L at working size -> network -> annealed mean -> ab upsampled to the
 ORIGINAL size -> joined with the original L -> RGB. The output never changes size and keeps
-the input's L exactly; the batch stays on the model's device until the final RGB."""
+the input's L exactly. The network runs on a batch; the rest runs per image, on the model's
+device until the final RGB."""
 
 from __future__ import annotations
 
@@ -31,33 +32,39 @@ def working_batch(lightness: Sequence[torch.Tensor], size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_ab(
+def predict_low_ab(
     model: Colorizer, lightness: Sequence[np.ndarray], temperature: float | None = None
-) -> list[torch.Tensor]:
-    """L maps (H, W) float32 -> ab at full resolution (2, H, W), on the model's device."""
-    device = model.device
-    full = [torch.from_numpy(l_map).to(device) for l_map in lightness]
-    ab_low = model.predict_ab(working_batch(full, model.working_size), temperature)
-    return [
-        F.interpolate(ab_low[i : i + 1], size=l_map.shape, mode="bilinear", align_corners=False)[0]
-        for i, l_map in enumerate(full)
-    ]
+) -> torch.Tensor:
+    """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size, on its device.
+
+    The batched step; `finish` then works image by image (a worker runs it in its threads).
+    """
+    full = [torch.from_numpy(l_map).to(model.device) for l_map in lightness]
+    return model.predict_ab(working_batch(full, model.working_size), temperature)
 
 
 @torch.inference_mode()
+def upsample_ab(ab_low: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """ab (2, h, w) -> (2, H, W), bilinear."""
+    return F.interpolate(ab_low[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+@torch.inference_mode()
+def finish(l_map: np.ndarray, ab_low: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One image: its full-size L (H, W) and low-res ab (2, h, w) -> (RGB (H, W, 3) in [0, 1],
+    ab (2, H, W)), float32 on the host. The join and conversion run on ab's device."""
+    lightness = torch.from_numpy(l_map).to(ab_low.device)
+    ab = upsample_ab(ab_low, lightness.shape)
+    rgb = lab_to_rgb(torch.cat([lightness[None], ab])).permute(1, 2, 0)
+    return rgb.cpu().numpy(), ab.cpu().numpy()
+
+
 def colorize_lightness(
     model: Colorizer, lightness: Sequence[np.ndarray], temperature: float | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """L maps (H, W) -> (RGB (H, W, 3) in [0, 1], predicted ab (2, H, W)), float32, on the host.
-
-    L and ab are joined and converted on the model's device; one copy to the host per image.
-    """
-    results = []
-    for l_map, ab in zip(lightness, predict_ab(model, lightness, temperature), strict=True):
-        lab = torch.cat([torch.from_numpy(l_map).to(ab.device)[None], ab])
-        rgb = lab_to_rgb(lab).permute(1, 2, 0)
-        results.append((rgb.cpu().numpy(), ab.cpu().numpy()))
-    return results
+    """L maps (H, W) -> (RGB (H, W, 3) in [0, 1], predicted ab (2, H, W)), float32, on the host."""
+    ab_low = predict_low_ab(model, lightness, temperature)
+    return [finish(l_map, ab) for l_map, ab in zip(lightness, ab_low, strict=True)]
 
 
 def colorize_images(

@@ -7,6 +7,7 @@ to carry over (EXIF, DPI, XMP, IPTC, ICC). `encode_image` writes an RGB result b
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -113,6 +114,13 @@ def _gray_to_l(gray: np.ndarray) -> np.ndarray:
     return gray_to_lightness(torch.from_numpy(gray)).numpy()
 
 
+@functools.cache
+def _lightness_table(bits: int) -> np.ndarray:
+    """L of every gray level of a `bits`-bit scan: a lookup replaces the Lab maths per pixel."""
+    levels = np.arange(2**bits, dtype=np.float32) / np.float32(2**bits - 1)
+    return _gray_to_l(levels[None])[0]
+
+
 def decode_pil(img: Image.Image) -> Decoded:
     """A PIL image (already open) -> Decoded; see `decode_image`."""
     iptc = _iptc_records(img)  # before the transpose, which drops TIFF tags
@@ -122,13 +130,12 @@ def decode_pil(img: Image.Image) -> Decoded:
     if mode not in SUPPORTED_MODES:
         raise ImageError("unsupported_mode", f"unsupported image mode {mode!r}")
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        raw = np.asarray(img, dtype=np.float32)
         # 16-bit grayscale; a mode-I image (32-bit) is read as 16-bit values, as PNG/TIFF store them
-        gray = np.clip(raw / 65535.0, 0.0, 1.0)
-        return Decoded(_gray_to_l(gray), None, None, 16, meta)
+        levels = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+        return Decoded(_lightness_table(16)[levels], None, None, 16, meta)
     if mode in ("1", "L"):
-        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-        return Decoded(_gray_to_l(gray), None, None, 8, meta)
+        levels = np.asarray(img.convert("L"))
+        return Decoded(_lightness_table(8)[levels], None, None, 8, meta)
     if mode == "LA" or (mode == "PA"):
         gray = np.asarray(_flatten_alpha(img).convert("L"), dtype=np.float32) / 255.0
         return Decoded(_gray_to_l(gray), None, None, 8, meta)

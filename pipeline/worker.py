@@ -2,8 +2,9 @@
 
 Like Ray's batch-inference examples, a callable class: `__init__` loads the model onto its
 device, `process(shard, dest)` maps a shard and returns its statistics (never pixels).
-Decoding and encoding run in a thread pool, overlapped with batched inference: while the
-model works on batch i, threads decode batch i + 1 and encode batch i - 1.
+Only the network runs batched on the calling thread; everything per image runs in a thread
+pool, overlapped with it: while the model works on batch i, threads decode batch i + 1 and
+finish (upsample ab, Lab -> RGB), score and encode batch i - 1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 import models
 from pipeline import storage
-from pipeline.colorize import colorize_lightness
+from pipeline.colorize import finish, predict_low_ab
 from pipeline.images import DEFAULT_MAX_PIXELS, Decoded, ImageError, decode_image, encode_image
 from pipeline.metrics import image_metrics
 from pipeline.report import sample_pair, sample_strip
@@ -94,7 +95,8 @@ class _Item:
     id: str
     decoded: Decoded | None = None
     error: tuple[str, str] | None = None  # (kind, message)
-    result: tuple[np.ndarray, np.ndarray] | None = None  # (rgb, ab)
+    ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
+    result: tuple[np.ndarray, np.ndarray] | None = None  # (rgb, ab) at full size, on the host
 
 
 class ShardColorizer:
@@ -190,20 +192,21 @@ class ShardColorizer:
         return item
 
     def _infer(self, items: list[_Item]) -> None:
-        ready = [(it, it.decoded) for it in items if it.decoded is not None]
+        """The batched network step; upsampling and Lab -> RGB follow per image in the pool."""
+        ready = [it for it in items if it.decoded is not None]
         if not ready:
             return
         try:
-            lightness = [dec.lightness for _, dec in ready]
-            results = colorize_lightness(self.model, lightness, self.options.temperature)
+            lightness = [it.decoded.lightness for it in ready]  # type: ignore[union-attr]
+            ab_low = predict_low_ab(self.model, lightness, self.options.temperature)
         except Exception:
             if len(ready) == 1:
                 raise
-            for it, _ in ready:  # one bad image (e.g. out of memory) must not fail its neighbours
+            for it in ready:  # one bad image (e.g. out of memory) must not fail its neighbours
                 self._infer_one(it)
             return
-        for (it, _), res in zip(ready, results, strict=True):
-            it.result = res
+        for it, ab in zip(ready, ab_low, strict=True):
+            it.ab_low = ab
 
     def _infer_one(self, item: _Item) -> None:
         try:
@@ -244,10 +247,17 @@ class ShardColorizer:
         writer.write(cols, batch.metadata)
 
     def _encode(self, item: _Item) -> tuple[bytes | None, dict[str, float], tuple[str, str] | None]:
-        if item.error is not None or item.decoded is None or item.result is None:
+        """Finish one image (full-size ab, RGB), score it and encode it (runs in the pool)."""
+        if item.error is not None or item.decoded is None or item.ab_low is None:
             return None, {}, item.error or ("inference", "no result")
+        dec = item.decoded
         try:
-            dec = item.decoded
+            item.result = finish(dec.lightness, item.ab_low)
+        except Exception as exc:  # e.g. out of memory on a huge scan
+            return None, {}, ("inference", f"{type(exc).__name__}: {exc}")
+        finally:
+            item.ab_low = None
+        try:
             rgb, ab = item.result
             metrics = image_metrics(
                 rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side

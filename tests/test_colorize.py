@@ -4,7 +4,7 @@ from PIL import Image
 from skimage import color
 
 from models import build
-from pipeline.colorize import colorize_images, colorize_lightness, predict_ab
+from pipeline.colorize import colorize_images, colorize_lightness, predict_low_ab, upsample_ab
 
 
 def test_output_keeps_size_aspect_and_original_lightness(photos):
@@ -22,7 +22,7 @@ def test_output_keeps_size_aspect_and_original_lightness(photos):
 def test_ab_is_predicted_low_res_and_upsampled_to_the_original_size():
     model = build("small").eval()
     lightness = [np.random.default_rng(0).uniform(0, 100, (300, 517)).astype(np.float32)]
-    ab = predict_ab(model, lightness)[0]
+    ab = upsample_ab(predict_low_ab(model, lightness)[0], (300, 517))
     assert ab.shape == (2, 300, 517)
     with torch.no_grad():
         small = torch.nn.functional.interpolate(

@@ -25,6 +25,18 @@ def test_auc_gray_prediction_on_gray_image_is_one_and_known_constant_error():
     assert math.isclose(auc(np.zeros((2, 2, 2)), truth2), 0.5)
 
 
+def test_auc_matches_its_definition_on_random_errors():
+    # the definition, threshold by threshold: weighted fraction of pixels with error <= t
+    rng = np.random.default_rng(1)
+    pred, truth = rng.uniform(-110, 110, (2, 2, 40, 30))
+    truth[:, :5] = pred[:, :5] + np.array([3.0, 4.0])[:, None, None]  # errors of exactly 5
+    weights = rng.uniform(0.1, 5.0, (40, 30))
+    err = np.sqrt(((pred - truth) ** 2).sum(axis=0))
+    for w in (np.ones_like(weights), weights):
+        curve = [w[err <= t].sum() / w.sum() for t in range(151)]
+        assert math.isclose(auc(pred, truth, w), float(np.mean(curve)), rel_tol=1e-12)
+
+
 def test_rebalanced_auc_weights_pixels():
     zero = np.zeros((2, 1, 2))
     truth = np.zeros((2, 1, 2))
