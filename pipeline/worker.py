@@ -119,6 +119,9 @@ class ShardColorizer:
         path = resolve_model(model)
         self.model = models.load(path, device=self.device)
         self.model_id = model_id(path)
+        # one forward before any shard: a model that cannot run on this device fails here, not
+        # as a shard of error rows, and one-time kernel set-up stays out of shard timings
+        predict_low_ab(self.model, [np.full((64, 64), 50.0, dtype=np.float32)])
         self.centers, self.prior = self.model.centers.cpu(), self.model.prior.cpu()  # for metrics
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
