@@ -117,8 +117,9 @@ def test_iptc_from_a_tiff_travels_to_jpeg_and_png_outputs():
     meta = decode_image(src).metadata
     rgb = np.full((30, 40, 3), 0.5, np.float32)
 
-    jpeg = Image.open(io.BytesIO(encode_image(rgb, "jpeg", metadata=meta)))
-    assert IptcImagePlugin.getiptcinfo(jpeg) == expected
+    jpeg_bytes = encode_image(rgb, "jpeg", metadata=meta)
+    assert IptcImagePlugin.getiptcinfo(Image.open(io.BytesIO(jpeg_bytes))) == expected
+    assert decode_image(jpeg_bytes).metadata["iptc"] == meta["iptc"]  # and JPEG inputs keep it
     # PNG has no IPTC chunk: the "Raw profile type iptc" text that ExifTool and ImageMagick read
     for png_bytes in (
         encode_image(rgb, "png", metadata=meta),
