@@ -218,8 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--image-column", default="image", help="Parquet image column")
     common.add_argument("--id-column", default="id", help="Parquet id column")
     common.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
-    common.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"))
-    common.add_argument("--s3-endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    common.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster (default: RAY_ADDRESS, else a local Ray)",
+    )
+    common.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
+    )
 
     train = sub.add_parser(
         "train",
@@ -228,18 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on the colour photos of SOURCE (Parquet archive or image folder) "
         "into OUT: checkpoints, model.safetensors + model.json, loss.png, evaluation/.",
     )
-    train.add_argument("source")
-    train.add_argument("out")
-    train.add_argument("--arch", choices=("small", "eccv16"), default="small")
-    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
+    train.add_argument("out", help="run folder or s3:// prefix (checkpoints, model, report)")
+    train.add_argument(
+        "--arch", choices=("small", "eccv16"), default="small", help="network (default small)"
+    )
+    train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
     train.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (3e-4)")
-    train.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
+    train.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "constant"),
+        default="cosine",
+        help="after warm-up (default cosine)",
+    )
     train.add_argument("--crop", type=int, default=176, help="random crop size (176)")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument(
+        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
+    )
     train.add_argument("--soft-k", type=int, default=5, help="soft-encoding neighbours (5)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="crops, flips and init (default 0)")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser(
@@ -247,18 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="score a model against the gray baseline on an archive of colour photos",
     )
-    ev.add_argument("source")
-    ev.add_argument("--model", default="default")
+    ev.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
+    ev.add_argument("--model", default="default", help="checkpoint path or s3:// URI, or 'default'")
     ev.add_argument("--out", default="out/evaluate", help="report folder (out/evaluate)")
-    ev.add_argument("--split", choices=("val", "train", "all"), default="val")
+    ev.add_argument(
+        "--split",
+        choices=("val", "train", "all"),
+        default="val",
+        help="rows scored, by id hash as in training (default val)",
+    )
     ev.add_argument("--temperature", type=float, default=None, help="default: the model's")
     ev.set_defaults(func=_evaluate)
 
     pack = sub.add_parser("pack", help="pack a folder or prefix of images into Parquet shards")
-    pack.add_argument("source")
-    pack.add_argument("dest")
+    pack.add_argument("source", help="folder or s3:// prefix of image files")
+    pack.add_argument("dest", help="output folder or s3:// prefix for the Parquet shards")
     pack.add_argument("--shard-size", type=int, default=256, help="images per shard (default 256)")
-    pack.add_argument("--s3-endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    pack.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
+    )
     pack.set_defaults(func=_pack)
 
     demo = sub.add_parser("demo", help="pack and colorize the photos bundled with scikit-image")
