@@ -66,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         crop=args.crop,
+        prepared=args.prepared,
         val_fraction=args.val_fraction,
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
@@ -251,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after warm-up (default cosine)",
     )
     train.add_argument("--crop", type=int, default=176, help="random crop size (176)")
+    train.add_argument(
+        "--prepared",
+        type=int,
+        default=None,
+        help="side of the square each photo is resized to once; crops are drawn in it "
+        "(default: 8/7 of --crop, 200 for 176; the paper: 256)",
+    )
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     train.add_argument(
         "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"

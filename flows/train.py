@@ -170,6 +170,7 @@ def train_model(
     lr: float = 3e-4,
     lr_schedule: str = "cosine",
     crop: int = 176,
+    prepared: int | None = None,
     val_fraction: float = 0.1,
     workers: int = 1,
     checkpoint_every: int = 200,
@@ -186,7 +187,8 @@ def train_model(
     and the validation evaluation against the gray baseline."""
     config = TrainConfig(
         arch=arch, steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-        crop=crop, prepared=max(crop, round(crop * 8 / 7 / 8) * 8), val_fraction=val_fraction,
+        crop=crop, prepared=prepared or max(crop, round(crop * 8 / 7 / 8) * 8),
+        val_fraction=val_fraction,
         workers=workers, checkpoint_every=checkpoint_every, soft_k=soft_k, seed=seed,
         image_column=image_column, id_column=id_column,
     )  # fmt: skip
