@@ -99,13 +99,14 @@ def process_shards(
         progress=0.0, key="colorize-progress", description=f"shards of {dest}"
     )
     bar = _progress_bar(total, show_progress)
-    images = 0
+    images = errors = 0
 
     def on_shard(stats: dict[str, Any]) -> None:
-        nonlocal images
+        nonlocal images, errors
         images += stats["rows"]
+        errors += stats["errors"]  # running totals of this run, like the bar itself
         bar.update(1)
-        bar.set_postfix(images=images, errors=stats["errors"])
+        bar.set_postfix(images=images, errors=errors)
         done = bar.n
         update_progress_artifact(progress_id, progress=100.0 * done / total)  # type: ignore[arg-type]
         logger.info("shard %s: %d rows, %d errors", stats["shard"], stats["rows"], stats["errors"])
