@@ -67,6 +67,11 @@ def _train(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule,
         crop=args.crop,
         prepared=args.prepared,
+        scale_min=args.scale_min,
+        trainable_stages=args.trainable_stages,
+        unfreeze_at=args.unfreeze_at,
+        encoder_lr_scale=args.encoder_lr_scale,
+        ema_decay=args.ema_decay,
         val_fraction=args.val_fraction,
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
@@ -240,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
     train.add_argument("out", help="run folder or s3:// prefix (checkpoints, model, report)")
     train.add_argument(
-        "--arch", choices=("small", "eccv16"), default="small", help="network (default small)"
+        "--arch",
+        choices=("small", "eccv16", "lite0"),  # models.nets.ARCHITECTURES (torch-free here)
+        default="small",
+        help="network: small, eccv16 (from scratch) or lite0 (ImageNet encoder; default small)",
     )
     train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
@@ -258,6 +266,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="side of the square each photo is resized to once; crops are drawn in it "
         "(default: 8/7 of --crop, 200 for 176; the paper: 256)",
+    )
+    train.add_argument(
+        "--scale-min",
+        type=float,
+        default=1.0,
+        help="random resized crops: least area fraction of the square (default 1.0: plain crops)",
+    )
+    train.add_argument(
+        "--trainable-stages",
+        type=int,
+        default=0,
+        help="lite0: top encoder stages (of 7, +1 for the stem) that train (default 0: frozen)",
+    )
+    train.add_argument(
+        "--unfreeze-at", type=int, default=0, help="lite0: step from which those stages learn (0)"
+    )
+    train.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=0.1,
+        help="lite0: their learning rate as a fraction of --lr (default 0.1)",
+    )
+    train.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="ship a moving average of the weights with this decay, e.g. 0.999 (default 0: off)",
     )
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     train.add_argument(

@@ -6,6 +6,11 @@ photo to a `prepared` square (Ray tasks, once); a second pass counts ab bins for
 Each training worker then draws its own random crops and flips, converts to Lab and
 soft-encodes on the fly, with random numbers derived from (seed, step, rank): a run resumed
 from a checkpoint at step s sees exactly the batches an uninterrupted run would have.
+
+The `lite0` net starts from ImageNet: its encoder is frozen except for the top
+`trainable_stages`, which learn at `encoder_lr_scale` times the rate from step `unfreeze_at`
+on (their BatchNorm keeps its ImageNet statistics; see models/nets.py). An exponential moving
+average of the weights (`ema_decay`) is what the run ships.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from PIL import Image
 
 import models
 from models.bins import gamut_bin_centers
+from models.imagenet import lite0_imagenet_state
+from models.nets import ARCHITECTURES, Lite0ColorNet
 from models.targets import (
     bin_histogram,
     rebalance_weights,
@@ -53,6 +60,7 @@ class TrainConfig:
     arch: str = "small"
     crop: int = 176  # the released training's crop size
     prepared: int = 200  # square the photos are resized to once; random crops are taken in it
+    scale_min: float = 1.0  # random resized crops: least area fraction (1.0: plain crops)
     batch_size: int = 16  # per worker
     steps: int = 2000
     lr: float = 3e-4
@@ -64,6 +72,10 @@ class TrainConfig:
     soft_sigma: float = 5.0
     prior_sigma: float = 5.0
     rebalance_lambda: float = 0.5
+    trainable_stages: int = 0  # lite0: top encoder stages that train (0: frozen encoder)
+    unfreeze_at: int = 0  # lite0: the step from which those stages learn
+    encoder_lr_scale: float = 0.1  # lite0: their learning rate, relative to --lr
+    ema_decay: float = 0.0  # moving average of the weights, shipped instead of the last ones
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: int = 200
@@ -75,8 +87,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.arch not in ("small", "eccv16"):
-            raise ValueError(f"--arch must be 'small' or 'eccv16', got {self.arch!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         if self.crop % 8 or self.crop < 32:
             raise ValueError(f"--crop must be a multiple of 8 and >= 32, got {self.crop}")
         if self.prepared < self.crop:
@@ -90,6 +102,14 @@ class TrainConfig:
             raise ValueError(
                 f"--lr-schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
+        if not 0 < self.scale_min <= 1:
+            raise ValueError(f"--scale-min must be in (0, 1], got {self.scale_min}")
+        if not 0 <= self.trainable_stages <= 8:
+            raise ValueError(f"--trainable-stages must be in 0..8, got {self.trainable_stages}")
+        if self.trainable_stages and self.arch != "lite0":
+            raise ValueError("--trainable-stages applies to --arch lite0 only")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -212,13 +232,32 @@ def sample_batch(photos: np.ndarray, config: TrainConfig, step: int, rank: int) 
     order = np.random.default_rng([config.seed, epoch, rank]).permutation(n)
     take = order[(np.arange(config.batch_size) + position * config.batch_size) % n]
     rng = np.random.default_rng([config.seed, step, rank, 1])
-    limit = config.prepared - config.crop + 1
-    crops = []
-    for i in take:
-        y, x = rng.integers(0, limit, size=2)
-        crop = photos[i, y : y + config.crop, x : x + config.crop]
-        crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    crops = [random_crop(photos[i], config, rng) for i in take]
     return torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
+
+
+def step_seed(config: TrainConfig, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([config.seed, step, rank, 2]).generate_state(1)[0])
+
+
+def random_crop(photo: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of a prepared square, flipped half the time. With `scale_min` < 1, a
+    random resized crop: area fraction in [scale_min, 1], aspect ratio in [3/4, 4/3], resized
+    to `crop` (objects at several scales; inference squashes whole photos to a square)."""
+    size, out = config.prepared, config.crop
+    if config.scale_min < 1:
+        area = rng.uniform(config.scale_min, 1.0) * size * size
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = min(size, max(8, round(math.sqrt(area * aspect))))
+        h = min(size, max(8, round(math.sqrt(area / aspect))))
+    else:
+        w = h = out
+    y, x = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+    crop = photo[y : y + h, x : x + w]
+    if (h, w) != (out, out):
+        image = Image.fromarray(crop)
+        crop = np.asarray(image.resize((out, out), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
 def train_step(
@@ -241,9 +280,44 @@ def train_step(
 
 
 def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; a pretrained encoder's trainable stages form their own group ("encoder")."""
+    if isinstance(net, Lite0ColorNet):
+        groups = [{"params": net.decoder_parameters(), "name": "decoder"}]
+        if net.encoder_parameters():
+            groups.append({"params": net.encoder_parameters(), "name": "encoder"})
+    else:
+        groups = [{"params": list(net.parameters()), "name": "decoder"}]
     return torch.optim.Adam(
-        net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) -> None:
+    """The schedule; the encoder's group learns at a fraction of it, from `unfreeze_at` on."""
+    for group in optimizer.param_groups:
+        scale = 1.0
+        if group.get("name") == "encoder":
+            scale = config.encoder_lr_scale if step >= config.unfreeze_at else 0.0
+        group["lr"] = learning_rate(config, step) * scale
+
+
+def init_net(colorizer: models.Colorizer, config: TrainConfig) -> None:
+    """Before the first step: ImageNet weights in a pretrained encoder, and what trains."""
+    if isinstance(colorizer.net, Lite0ColorNet):
+        colorizer.net.encoder.load_state_dict(lite0_imagenet_state())
+        colorizer.net.set_trainable_stages(config.trainable_stages)
+
+
+def update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- decay * ema + (1 - decay) * weights; the decay ramps up over the first steps so
+    that the average is not dominated by the initial weights."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if value.is_floating_point():
+                ema[name].lerp_(value, 1.0 - d)
+            else:
+                ema[name].copy_(value)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -267,11 +341,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(config.seed)
     prior = torch.tensor(loop_config["prior"], dtype=torch.float32)
     colorizer = models.build(config.arch, prior=prior)
+    init_net(colorizer, config)
     device = ray.train.torch.get_device()
     colorizer.to(device)
+    optimizer = make_optimizer(colorizer.net, config)
     net = ray.train.torch.prepare_model(colorizer.net)
-    optimizer = make_optimizer(net, config)
     weights = rebalance_weights(colorizer.prior, config.rebalance_lambda)
+    ema = {k: v.detach().clone() for k, v in colorizer.net.state_dict().items()}
     start, history = 0, []
     latest = latest_checkpoint(out)
     if latest is not None:
@@ -279,21 +355,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         colorizer.net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
+        ema = state.get("ema") or ema
     net.train()
     t0 = time.perf_counter()
     for step in range(start, config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+        set_learning_rates(optimizer, config, step)
+        torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
         loss = train_step(
             net, colorizer, optimizer, sample_batch(photos, config, step, rank), weights, config
         )
+        if config.ema_decay:
+            update_ema(ema, colorizer.net, config.ema_decay, step)
         history.append(loss)
         done = step + 1
         if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
             save_state(
                 checkpoint_uri(out, done),
                 {"net": colorizer.net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": done, "history": history},
+                 "step": done, "history": history, "ema": ema if config.ema_decay else None},
             )  # fmt: skip
         if done % config.log_every == 0 or done == config.steps:
             recent = history[-config.log_every :]
@@ -348,7 +427,7 @@ def final_colorizer(out: str, config: TrainConfig, prior: torch.Tensor) -> model
         raise FileNotFoundError(f"no training checkpoint under {out}")
     state = load_state(latest)
     colorizer = models.build(config.arch, prior=prior)
-    colorizer.net.load_state_dict(state["net"])
+    colorizer.net.load_state_dict(state.get("ema") or state["net"])
     colorizer.card["training"] = {"steps": int(state["step"])}
     return colorizer.eval()
 

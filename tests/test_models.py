@@ -264,3 +264,37 @@ def test_the_shipped_default_model_loads_with_its_card():
     assert abs(model.prior.sum().item() - 1.0) < 1e-4 and model.prior.max() < 0.5
     x = torch.rand(1, 1, 64, 64) * 100
     assert model(x).shape == (1, 261, 16, 16)
+
+
+def test_imagenet_weights_convert_and_classify_a_bundled_photo():
+    from skimage import data
+
+    from models.efficientnet import EfficientNetLite0, normalise
+    from models.imagenet import lite0_imagenet_state
+
+    net = EfficientNetLite0()
+    net.load_state_dict(lite0_imagenet_state(), strict=True)  # every key renamed, none left
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(4.65e6, rel=0.01)
+    cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float()[None] / 255.0
+    cat = torch.nn.functional.interpolate(cat, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top3 = net.eval().classify(normalise(cat)).topk(3).indices[0].tolist()
+    # ImageNet 281 tabby, 282 tiger cat, 285 Egyptian cat
+    assert top3[0] in (281, 282, 285) and set(top3) <= {281, 282, 283, 285, 287}
+
+
+def test_lite0_colorizer_contract_and_frozen_encoder():
+    from models.nets import Lite0ColorNet
+
+    model = build("lite0")
+    assert isinstance(model.net, Lite0ColorNet)
+    probs = model(torch.rand(2, 1, 96, 128) * 100)
+    assert probs.shape == (2, model.num_bins, 24, 32)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 24, 32))
+    net = model.net
+    assert not net.encoder_parameters()  # frozen by default: only the decoder trains
+    net.set_trainable_stages(2)
+    trainable = {n for n, p in net.encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("stages.5.", "stages.6.", "head.")) for n in trainable)
+    net.train()
+    assert not net.encoder.training and net.up4.training  # ImageNet BN statistics stay put

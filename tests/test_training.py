@@ -174,6 +174,42 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
     assert "gray baseline" in (tmp_path / "eval" / "evaluation.md").read_text()
 
 
+def test_lite0_from_imagenet_trains_and_resumes_exactly(tmp_path, ray_local):  # noqa: F811
+    from models.imagenet import lite0_imagenet_state
+
+    src = tiny_archive(tmp_path / "src")
+    options = {**TINY, "arch": "lite0", "steps": 6, "workers": 1, "trainable_stages": 1,
+               "unfreeze_at": 3, "ema_decay": 0.9, "scale_min": 0.5}  # fmt: skip
+    train_model(str(src), str(tmp_path / "a"), **options)
+    b_dir = tmp_path / "b"
+    (b_dir / "checkpoints").mkdir(parents=True)
+    (b_dir / "checkpoints" / "step-0000003.pt").write_bytes(
+        (tmp_path / "a" / "checkpoints" / "step-0000003.pt").read_bytes()
+    )
+    train_model(str(src), str(b_dir), **options)
+    a, b = (load_state(str(d / "checkpoints/step-0000006.pt")) for d in (tmp_path / "a", b_dir))
+    assert a["history"] == pytest.approx(b["history"], rel=1e-4)
+    for part in ("net", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=1e-4, atol=1e-5)
+
+    imagenet = lite0_imagenet_state()
+    step3 = load_state(str(tmp_path / "a" / "checkpoints/step-0000003.pt"))["net"]
+    for key, value in imagenet.items():
+        if key.startswith("fc."):
+            continue
+        torch.testing.assert_close(step3["encoder." + key], value, msg=key)  # before unfreezing
+        if "running_" in key or not key.startswith(("stages.6.", "head.")):
+            # frozen stages, and every BatchNorm statistic, keep their ImageNet values
+            torch.testing.assert_close(a["net"]["encoder." + key], value, msg=key)
+    moved = [k for k in imagenet if k.startswith("stages.6.") and k.endswith("weight")
+             and not torch.equal(a["net"]["encoder." + k], imagenet[k])]  # fmt: skip
+    assert moved
+    model = models.load(tmp_path / "a" / "model.safetensors")
+    assert model.arch == "lite0"
+    torch.testing.assert_close(model.net.state_dict()["up4.0.weight"], a["ema"]["up4.0.weight"])
+
+
 def test_train_flow_on_s3(tmp_path, s3_server, ray_local):  # noqa: F811
     bucket = f"train-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
