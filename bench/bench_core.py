@@ -57,7 +57,7 @@ def main() -> None:
 
     print(f"Forward at 256x256, fp32, {args.images} images:")
     rates: dict[tuple[str, str], float] = {}
-    for arch, batch in (("eccv16", 8), ("small", 16)):
+    for arch, batch in (("eccv16", 8), ("small", 16), ("lite0", 16)):
         x = torch.rand(batch, 1, 256, 256) * 100
         n_batches = max(1, args.images // batch)
         # models.load gives channels-last weights; plain NCHW is the baseline
@@ -81,7 +81,9 @@ def main() -> None:
         gain = rates[arch, "channels-last"] / rates[arch, "NCHW"]
         print(f"  {arch}: channels-last / NCHW {gain:.2f}x")
     small, eccv16 = rates["small", "channels-last"], rates["eccv16", "channels-last"]
+    lite0 = rates["lite0", "channels-last"]
     print(f"  small / eccv16 (channels-last): {small / eccv16:.1f}x")
+    print(f"  lite0 / small (channels-last): {lite0 / small:.2f}x (the shipped default is lite0)")
 
 
 if __name__ == "__main__":

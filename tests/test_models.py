@@ -256,7 +256,7 @@ def test_nearest_bin_fast_path_matches_brute_force(scale):
 def test_the_shipped_default_model_loads_with_its_card():
     model = models.load("default")
     card = models.read_card(models.DEFAULT_MODEL)
-    assert model.arch == "small" and model.temperature == 0.38 and model.num_bins == 261
+    assert model.arch == "lite0" and model.temperature == 0.38 and model.num_bins == 261
     assert card["training"]["images"] > 300 and card["training"]["hyperparameters"]["soft_k"] == 5
     metrics = card["metrics"]["metrics"]
     # it beats the gray baseline on rebalanced AuC on its validation split, as documented
@@ -298,3 +298,26 @@ def test_lite0_colorizer_contract_and_frozen_encoder():
     assert trainable and all(n.startswith(("stages.5.", "stages.6.", "head.")) for n in trainable)
     net.train()
     assert not net.encoder.training and net.up4.training  # ImageNet BN statistics stay put
+
+
+def test_the_shipped_default_beats_gray_on_bundled_photos(photos):
+    """Photos it never saw (scikit-image's), colorized through the archive job's code path."""
+    from PIL import Image
+
+    from pipeline.colorize import colorize_lightness
+    from pipeline.evaluate import gray_baseline
+    from pipeline.images import decode_pil
+    from pipeline.metrics import image_metrics
+
+    model = models.load("default")
+    decoded = [decode_pil(Image.fromarray(p)) for p in photos.values()]
+    results = colorize_lightness(model, [d.lightness for d in decoded])
+    gains, colour = [], []
+    for dec, (rgb, ab) in zip(decoded, results, strict=True):
+        gray_rgb, gray_ab = gray_baseline(dec.lightness)
+        args = (dec.rgb, dec.ab, model.centers, model.prior)
+        ours, gray = image_metrics(rgb, ab, *args), image_metrics(gray_rgb, gray_ab, *args)
+        gains.append(ours["auc_rebalanced"] - gray["auc_rebalanced"])
+        colour.append(ours["colorfulness"] / (ours["colorfulness"] - ours["colorfulness_delta"]))
+    assert sum(gains) / len(gains) > 0.0
+    assert 0.3 < sum(colour) / len(colour) < 2.0  # neither gray nor garish
