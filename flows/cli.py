@@ -37,7 +37,32 @@ def _colorize(args: argparse.Namespace) -> int:
         show_progress=True,
     )
     _print_summary(result, args.dest)
-    return 1 if result["shards"]["failed"] else 0
+    failed = bool(result["shards"]["failed"])
+    if args.export:
+        failed |= _run_export(args.dest, args.export, args) != 0
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    return _run_export(args.dest, args.out, args)
+
+
+def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
+    from flows.export import export_archive
+
+    result = export_archive(
+        dest=dest,
+        out=out,
+        quality=args.quality,
+        ray_address=args.ray_address,
+        s3_endpoint_url=args.s3_endpoint_url,
+    )
+    print(
+        f"export: {result['files']} files in {out} ({result['exported']} written this run, "
+        f"{result['shards_skipped']} of {result['shards']} shards unchanged); "
+        f"{result['errors']} rows not exported, listed in {result['errors_csv']}"
+    )
+    return 0
 
 
 def _print_summary(result: dict[str, Any], dest: str) -> None:
@@ -113,6 +138,11 @@ def _print_evaluation(result: dict[str, Any]) -> None:
     print(f"  {'metric':20s} {'model':>10s} {'gray':>10s}")
     for name, m in result["metrics"].items():
         print(f"  {name:20s} {m['model']:10.4f} {m['gray']:10.4f}")
+    doubt = result.get("uncertainty") or {}
+    if doubt.get("spearman") is not None:
+        print(
+            f"uncertainty vs ab error: Spearman {doubt['spearman']:.2f} ({doubt['images']} images)"
+        )
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -202,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--id-column", default="id", help="Parquet id column (else shard:row)")
     col.add_argument("--format", choices=("jpeg", "png"), default="jpeg", help="output encoding")
     col.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    col.add_argument(
+        "--export",
+        metavar="OUT",
+        default=None,
+        help="then write the results as image files under OUT (see the export command)",
+    )
     col.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb limit"
     )
@@ -318,6 +354,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--temperature", type=float, default=None, help="default: the model's")
     ev.set_defaults(func=_evaluate)
+
+    export = sub.add_parser(
+        "export",
+        help="write a colorized archive as image files in the input's folder layout",
+        description="Write every ok row of DEST (a colorize output) as an image file under OUT, "
+        "at the input's relative path and in its container (JPEG, PNG, TIFF with 16 bits kept; "
+        "others as PNG), with its metadata. OUT/_errors.csv lists the rows not exported. "
+        "Re-running skips shards already exported and unchanged.",
+    )
+    export.add_argument("dest", help="a colorize output folder or s3:// prefix")
+    export.add_argument("out", help="folder or s3:// prefix for the image files")
+    export.add_argument(
+        "--quality", type=int, default=95, help="JPEG quality where encoding is needed (95)"
+    )
+    export.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster (default: RAY_ADDRESS, else a local Ray)",
+    )
+    export.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
+    )
+    export.set_defaults(func=_export)
 
     pack = sub.add_parser("pack", help="pack a folder or prefix of images into Parquet shards")
     pack.add_argument("source", help="folder or s3:// prefix of image files")

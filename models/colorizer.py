@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from models.bins import gamut_bin_centers
-from models.decode import DEFAULT_TEMPERATURE, annealed_mean_from_logits
+from models.decode import DEFAULT_TEMPERATURE, annealed_mean_from_logits, uncertainty
 from models.nets import make_net
 from models.targets import rebalance_weights
 
@@ -67,6 +67,12 @@ class Colorizer(nn.Module):
         """L (N, 1, H, W) -> annealed-mean ab at 1/4 resolution, (N, 2, H/4, W/4)."""
         t = self.temperature if temperature is None else temperature
         return annealed_mean_from_logits(self.logits(lightness), self.centers, t)
+
+    def predict(self, lightness: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
+        """`predict_ab` and, from the same forward, each image's uncertainty (N,) in [0, 1]."""
+        t = self.temperature if temperature is None else temperature
+        logits = self.logits(lightness)
+        return annealed_mean_from_logits(logits, self.centers, t), uncertainty(logits)
 
     def rebalance_weights(self, lam: float = 0.5) -> Tensor:
         return rebalance_weights(self.prior, lam)

@@ -1,6 +1,9 @@
-"""Annealed-mean decoding of per-pixel bin distributions into ab (the paper's eq. 5)."""
+"""Annealed-mean decoding of per-pixel bin distributions into ab (the paper's eq. 5), and the
+per-image uncertainty read from the same distributions."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -28,3 +31,16 @@ def annealed_mean_from_logits(
         raise ValueError(f"temperature must be > 0 (0.38 is the paper's), got {temperature}")
     annealed = torch.softmax(logits / temperature, dim=1)
     return torch.einsum("nqhw,qc->nchw", annealed, centers.to(annealed))
+
+
+def uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """Per image, (N,): the mean over pixels of the entropy of the predicted distribution Z,
+    divided by log Q (0: every pixel sure of one bin; 1: uniform over all bins).
+
+    The model's own doubt about its colours: on our validation photos its rank correlation
+    with the actual per-image ab error is 0.47 (docs/method.md), where the expected ab spread
+    around the annealed mean reached only 0.18.
+    """
+    log_z = torch.log_softmax(logits, dim=1)
+    entropy = -(log_z.exp() * log_z).sum(dim=1)  # (N, h, w)
+    return entropy.flatten(1).mean(dim=1) / math.log(logits.shape[1])

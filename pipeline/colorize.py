@@ -32,15 +32,23 @@ def working_batch(lightness: Sequence[torch.Tensor], size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_low_ab(
+def predict_low(
     model: Colorizer, lightness: Sequence[np.ndarray], temperature: float | None = None
-) -> torch.Tensor:
-    """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size, on its device.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size and each
+    image's uncertainty (N,), on its device.
 
     The batched step; `finish` then works image by image (a worker runs it in its threads).
     """
     full = [torch.from_numpy(l_map).to(model.device) for l_map in lightness]
-    return model.predict_ab(working_batch(full, model.working_size), temperature)
+    return model.predict(working_batch(full, model.working_size), temperature)
+
+
+def predict_low_ab(
+    model: Colorizer, lightness: Sequence[np.ndarray], temperature: float | None = None
+) -> torch.Tensor:
+    """`predict_low` without the uncertainty."""
+    return predict_low(model, lightness, temperature)[0]
 
 
 @torch.inference_mode()

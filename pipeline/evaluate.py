@@ -17,7 +17,7 @@ from PIL import Image
 import models
 from pipeline import storage
 from pipeline.color import lab_to_rgb
-from pipeline.colorize import colorize_lightness
+from pipeline.colorize import finish, predict_low
 from pipeline.images import ImageError, decode_image
 from pipeline.metrics import image_metrics
 from pipeline.report import contact_sheet, sample_pair, sample_strip
@@ -58,6 +58,7 @@ def evaluate_shard(
     skipped = {"other_split": 0, "gray_input": 0, "unreadable": 0}
     cols = columns or ColumnNames()
     pairs: list[Image.Image] = []
+    doubt: list[tuple[float, float]] = []  # (uncertainty, mean ab error) per image
     for batch in read_batches(shard, cols, batch_size):
         kept = []
         for row_id, load in zip(batch.ids, batch.loaders, strict=True):
@@ -77,8 +78,10 @@ def evaluate_shard(
                 kept.append(decoded)
         if not kept:
             continue
-        results = colorize_lightness(colorizer, [d.lightness for d in kept], temperature)
-        for dec, (rgb, ab) in zip(kept, results, strict=True):
+        ab_low, uncertainty = predict_low(colorizer, [d.lightness for d in kept], temperature)
+        for dec, ab_one, u in zip(kept, ab_low, uncertainty.tolist(), strict=True):
+            rgb, ab = finish(dec.lightness, ab_one)
+            doubt.append((u, float(np.hypot(*(ab - dec.ab)).mean())))
             if len(pairs) < samples:
                 pairs.append(sample_pair(dec.lightness, rgb))
             gray_rgb, gray_ab = gray_baseline(dec.lightness)
@@ -102,6 +105,7 @@ def evaluate_shard(
         "model": scored["model"].to_json(),
         "gray": scored["gray"].to_json(),
         "skipped": skipped,
+        "uncertainty_error": doubt,
     }
 
 
@@ -123,7 +127,21 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
         name: {who: merged[who][name].mean for who in ("model", "gray")}
         for name in sorted(merged["model"])
     }
-    return {"images": images, "skipped": skipped, "metrics": metrics}
+    pairs = [pair for part in parts for pair in part.get("uncertainty_error", [])]
+    return {"images": images, "skipped": skipped, "metrics": metrics,
+            "uncertainty": uncertainty_vs_error(pairs)}  # fmt: skip
+
+
+def uncertainty_vs_error(pairs: list[tuple[float, float]]) -> dict[str, float | None]:
+    """Does the model know when it is wrong? Spearman's rank correlation, over images, of its
+    uncertainty with its mean ab error (1: the most uncertain are exactly the worst)."""
+    from scipy.stats import spearmanr
+
+    if len(pairs) < 3:
+        return {"spearman": None, "images": len(pairs)}
+    u, err = zip(*pairs, strict=True)
+    rho = float(spearmanr(u, err).statistic)
+    return {"spearman": rho if np.isfinite(rho) else None, "images": len(pairs)}
 
 
 def evaluation_markdown(evaluation: dict[str, Any], model: str, source: str, split: str) -> str:
@@ -140,6 +158,10 @@ def evaluation_markdown(evaluation: dict[str, Any], model: str, source: str, spl
         model_v, gray_v = m["model"], m["gray"]
         diff = "" if model_v is None or gray_v is None else f"{model_v - gray_v:+.4f}"
         lines.append(f"| {name} | {_fmt(model_v)} | {_fmt(gray_v)} | {diff} |")
+    doubt = evaluation.get("uncertainty") or {}
+    if doubt.get("spearman") is not None:
+        lines += ["", f"Uncertainty vs mean ab error, rank correlation (Spearman) over "
+                      f"{doubt['images']} images: **{doubt['spearman']:.2f}**"]  # fmt: skip
     lines += ["", "![samples](contact_sheet.png)", ""]
     return "\n".join(lines)
 

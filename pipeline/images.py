@@ -67,6 +67,23 @@ def _iptc_records(img: Image.Image) -> bytes | None:
     return bytes(out)
 
 
+def _png_iptc_records(img: Image.Image) -> bytes | None:
+    """IPTC from PNG's "Raw profile type iptc" text (as we and ExifTool write it)."""
+    text = img.info.get("Raw profile type iptc")
+    if not isinstance(text, str):
+        return None
+    lines = text.strip().splitlines()
+    try:
+        return bytes.fromhex("".join(lines[2:]))  # "iptc", the length, then hex lines
+    except ValueError:
+        return None
+
+
+def read_metadata(img: Image.Image) -> dict[str, Any]:
+    """EXIF, DPI, XMP, IPTC and ICC of an open image, as `encode_image` takes them."""
+    return _metadata(img, _iptc_records(img) or _png_iptc_records(img))
+
+
 def _photoshop_iptc_segment(records: bytes) -> bytes:
     """A JPEG APP13 segment holding IPTC records as the Photoshop 0x0404 resource."""
     resource = b"8BIM\x04\x04\x00\x00" + len(records).to_bytes(4, "big") + records

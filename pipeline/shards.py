@@ -32,6 +32,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("error_kind", pa.string()),  # empty, not_an_image, corrupt, too_large, ... (stats.py)
         ("image", pa.binary()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -40,6 +41,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("ssim", pa.float64()),
         ("auc", pa.float64()),
         ("auc_rebalanced", pa.float64()),
+        ("uncertainty", pa.float64()),  # the network's doubt, 0-1 (models.decode.uncertainty)
         ("model", pa.string()),
     ]
 )

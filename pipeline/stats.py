@@ -20,6 +20,7 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "ssim": (0.0, 1.0),
     "auc": (0.0, 1.0),
     "auc_rebalanced": (0.0, 1.0),
+    "uncertainty": (0.0, 1.0),
 }
 HIST_BINS = 50
 

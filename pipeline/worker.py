@@ -25,9 +25,10 @@ from PIL import Image
 
 import models
 from pipeline import storage
-from pipeline.colorize import finish, predict_low_ab
+from pipeline.colorize import finish, predict_low
 from pipeline.images import DEFAULT_MAX_PIXELS, Decoded, ImageError, decode_image, encode_image
 from pipeline.metrics import image_metrics
+from pipeline.previews import preview_uri, previews
 from pipeline.report import sample_pair, sample_strip
 from pipeline.shards import (
     OUTPUT_SCHEMA,
@@ -93,10 +94,20 @@ class _Item:
     """One row on its way through the shard."""
 
     id: str
+    position: int  # in the shard, input order: names the row's gallery images
     decoded: Decoded | None = None
     error: tuple[str, str] | None = None  # (kind, message)
     ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
     result: tuple[np.ndarray, np.ndarray] | None = None  # (rgb, ab) at full size, on the host
+    uncertainty: float | None = None  # the network's, from the same forward (models.decode)
+
+
+@dataclass
+class _Encoded:
+    image: bytes | None
+    metrics: dict[str, float]
+    error: tuple[str, str] | None  # (kind, message)
+    previews: dict[tuple[str, str], bytes]  # (size, side) -> JPEG, for the gallery
 
 
 class ShardColorizer:
@@ -121,7 +132,7 @@ class ShardColorizer:
         self.model_id = model_id(path)
         # one forward before any shard: a model that cannot run on this device fails here, not
         # as a shard of error rows, and one-time kernel set-up stays out of shard timings
-        predict_low_ab(self.model, [np.full((64, 64), 50.0, dtype=np.float32)])
+        predict_low(self.model, [np.full((64, 64), 50.0, dtype=np.float32)])
         self.centers, self.prior = self.model.centers.cpu(), self.model.prior.cpu()  # for metrics
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
@@ -141,17 +152,18 @@ class ShardColorizer:
         try:
             batches = read_batches(shard, self.columns, self.options.batch_size)
             pending_write: Future[None] | None = None
-            decoding = self._submit_decode(next(batches, None))
+            decoding = self._submit_decode(next(batches, None), 0)
             while decoding is not None:
                 batch, decode_futures = decoding
                 items = [f.result() for f in decode_futures]
-                decoding = self._submit_decode(next(batches, None))  # overlaps inference
+                next_position = items[-1].position + 1
+                decoding = self._submit_decode(next(batches, None), next_position)  # overlaps
                 self._infer(items)
                 encoded = [self.pool.submit(self._encode, it) for it in items]
                 if pending_write is not None:
                     pending_write.result()  # at most one batch waits to be written
                 pending_write = self.writer_thread.submit(
-                    self._write, batch, items, encoded, writer, stats, samples
+                    self._write, batch, items, encoded, writer, stats, samples, shard.name, dest
                 )
             if pending_write is not None:
                 pending_write.result()
@@ -172,17 +184,19 @@ class ShardColorizer:
         return document
 
     # -- stages ---------------------------------------------------------------------------
-    def _submit_decode(self, batch: RowBatch | None) -> tuple[RowBatch, list[Future[_Item]]] | None:
+    def _submit_decode(
+        self, batch: RowBatch | None, start: int
+    ) -> tuple[RowBatch, list[Future[_Item]]] | None:
         if batch is None:
             return None
         futures = [
-            self.pool.submit(self._decode, row_id, load)
-            for row_id, load in zip(batch.ids, batch.loaders, strict=True)
+            self.pool.submit(self._decode, row_id, start + i, load)
+            for i, (row_id, load) in enumerate(zip(batch.ids, batch.loaders, strict=True))
         ]
         return batch, futures
 
-    def _decode(self, row_id: str, load: Any) -> _Item:
-        item = _Item(row_id)
+    def _decode(self, row_id: str, position: int, load: Any) -> _Item:
+        item = _Item(row_id, position)
         try:
             data = load()
             if data is None:
@@ -201,15 +215,15 @@ class ShardColorizer:
             return
         try:
             lightness = [it.decoded.lightness for it in ready]  # type: ignore[union-attr]
-            ab_low = predict_low_ab(self.model, lightness, self.options.temperature)
+            ab_low, uncertainty = predict_low(self.model, lightness, self.options.temperature)
         except Exception:
             if len(ready) == 1:
                 raise
             for it in ready:  # one bad image (e.g. out of memory) must not fail its neighbours
                 self._infer_one(it)
             return
-        for it, ab in zip(ready, ab_low, strict=True):
-            it.ab_low = ab
+        for it, ab, u in zip(ready, ab_low, uncertainty.tolist(), strict=True):
+            it.ab_low, it.uncertainty = ab, u
 
     def _infer_one(self, item: _Item) -> None:
         try:
@@ -222,23 +236,30 @@ class ShardColorizer:
         self,
         batch: RowBatch,
         items: list[_Item],
-        encoded: list[Future[tuple[bytes | None, dict[str, float], tuple[str, str] | None]]],
+        encoded: list[Future[_Encoded]],
         writer: ShardWriter,
         stats: ShardStats,
         samples: list[Image.Image],
+        shard_name: str,
+        dest: str,
     ) -> None:
-        """One row group per batch, in input order (runs on the single writer thread)."""
+        """One row group per batch, in input order, and the rows' gallery images (runs on the
+        single writer thread; all before the stats file commits the shard)."""
         cols: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
         for item, future in zip(items, encoded, strict=True):
-            image, metrics, error = future.result()
+            done = future.result()
+            image, metrics, error = done.image, done.metrics, done.error
+            for (kind, side), data in done.previews.items():
+                storage.write_bytes(preview_uri(dest, kind, shard_name, item.position, side), data)
             size = item.decoded.size if item.decoded is not None else (None, None)
             cols["id"].append(item.id)
             cols["status"].append("ok" if error is None else "error")
             cols["error"].append(None if error is None else error[1])
+            cols["error_kind"].append(None if error is None else error[0])
             cols["image"].append(image)
             cols["width"].append(size[0])
             cols["height"].append(size[1])
-            for name in ("colorfulness", "psnr", "ssim", "auc", "auc_rebalanced"):
+            for name in ("colorfulness", "psnr", "ssim", "auc", "auc_rebalanced", "uncertainty"):
                 cols[name].append(metrics.get(name))
             cols["model"].append(self.model_id)
             if error is None:
@@ -249,15 +270,16 @@ class ShardColorizer:
                 stats.add_error(error[0])
         writer.write(cols, batch.metadata)
 
-    def _encode(self, item: _Item) -> tuple[bytes | None, dict[str, float], tuple[str, str] | None]:
-        """Finish one image (full-size ab, RGB), score it and encode it (runs in the pool)."""
+    def _encode(self, item: _Item) -> _Encoded:
+        """Finish one image (full-size ab, RGB), score it, encode it and make its gallery
+        images (runs in the pool)."""
         if item.error is not None or item.decoded is None or item.ab_low is None:
-            return None, {}, item.error or ("inference", "no result")
+            return _Encoded(None, {}, item.error or ("inference", "no result"), {})
         dec = item.decoded
         try:
             item.result = finish(dec.lightness, item.ab_low)
         except Exception as exc:  # e.g. out of memory on a huge scan
-            return None, {}, ("inference", f"{type(exc).__name__}: {exc}")
+            return _Encoded(None, {}, ("inference", f"{type(exc).__name__}: {exc}"), {})
         finally:
             item.ab_low = None
         try:
@@ -265,8 +287,10 @@ class ShardColorizer:
             metrics = image_metrics(
                 rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
             )
+            if item.uncertainty is not None:
+                metrics["uncertainty"] = item.uncertainty
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
             data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
-            return data, metrics, None
+            return _Encoded(data, metrics, None, previews(dec.lightness, rgb))
         except Exception as exc:
-            return None, {}, ("encode", f"{type(exc).__name__}: {exc}")
+            return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"), {})

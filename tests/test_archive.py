@@ -108,6 +108,23 @@ def test_pack_then_colorize_parquet_archive(tmp_path: Path, ray_local, small_mod
     assert report["errors_by_kind"] == {"corrupt": 1, "empty": 1, "not_an_image": 1}
     assert report["metrics"]["auc"]["count"] == 4  # the four colour photos
 
+    # the network's uncertainty on every ok row (none on error rows), summarised in the report
+    for r in rows:
+        assert (0 < r["uncertainty"] < 1) if r["status"] == "ok" else r["uncertainty"] is None
+    assert report["metrics"]["uncertainty"]["count"] == len(files) - 3
+    # the workers wrote each ok row's gallery images, named by shard and row position
+    ok_rows = 0
+    for name, table in out_tables.items():
+        for position, status in enumerate(table["status"].to_pylist()):
+            for kind, longest in (("thumbs", 192), ("view", 1024)):
+                for side in ("in", "out"):
+                    path = tmp_path / "out" / "gallery" / kind / name / f"{position:06d}-{side}.jpg"
+                    assert path.is_file() == (status == "ok"), path
+                    if status == "ok":
+                        assert max(Image.open(path).size) <= longest
+            ok_rows += status == "ok"
+    assert ok_rows == len(files) - 3
+
     # a re-run does nothing and changes nothing
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.parquet")}
     again = colorize_archive(str(tmp_path / "packed"), str(tmp_path / "out"), model=small_model)

@@ -321,3 +321,17 @@ def test_the_shipped_default_beats_gray_on_bundled_photos(photos):
         colour.append(ours["colorfulness"] / (ours["colorfulness"] - ours["colorfulness_delta"]))
     assert sum(gains) / len(gains) > 0.0
     assert 0.3 < sum(colour) / len(colour) < 2.0  # neither gray nor garish
+
+
+def test_uncertainty_is_zero_when_sure_and_one_when_uniform():
+    from models.decode import uncertainty
+
+    sure = torch.full((1, 261, 4, 4), -1e4)
+    sure[:, 7] = 0.0
+    uniform = torch.zeros(1, 261, 4, 4)
+    torch.testing.assert_close(uncertainty(torch.cat([sure, uniform])), torch.tensor([0.0, 1.0]))
+    model = build("small").eval()
+    lightness = torch.rand(2, 1, 64, 64) * 100
+    ab, doubt = model.predict(lightness)
+    torch.testing.assert_close(ab, model.predict_ab(lightness))  # the same forward
+    assert doubt.shape == (2,) and ((doubt > 0) & (doubt < 1)).all()

@@ -1,0 +1,73 @@
+"""Prefect flow: export a colorized archive as image files (pipeline/export.py), one Ray task
+per committed shard; re-runs skip the shards already exported and unchanged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ray
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.colorize import ConfigError
+from pipeline import storage
+from pipeline.export import ERRORS_CSV, check_destination, errors_csv, export_shard
+from pipeline.report import load_committed_stats
+from pipeline.runner import ensure_ray
+
+
+def run_source(dest: str) -> str | None:
+    """The SOURCE a colorize run of DEST read, from its report (None before any report)."""
+    uri = storage.join(dest, "report.json")
+    if not storage.exists(uri):
+        return None
+    source: str | None = json.loads(storage.read_bytes(uri)).get("source")
+    return source
+
+
+@task(cache_policy=NO_CACHE)
+def export_shards(
+    dest: str, out: str, quality: int, s3_endpoint_url: str | None
+) -> list[dict[str, Any]]:
+    shards = sorted(s.shard for s in load_committed_stats(dest))
+    if not shards:
+        raise ConfigError(f"nothing to export: no committed shard in {dest} (run colorize first)")
+    remote: Any = ray.remote(num_cpus=1, max_retries=2)(export_shard)
+    documents: list[dict[str, Any]] = ray.get(
+        [remote.remote(dest, name, out, quality, s3_endpoint_url) for name in shards]
+    )
+    return documents
+
+
+@flow(name="export-archive")
+def export_archive(
+    dest: str,
+    out: str,
+    quality: int = 95,
+    ray_address: str | None = None,
+    s3_endpoint_url: str | None = None,
+) -> dict[str, Any]:
+    """Write every ok row of the colorized archive DEST as an image file under OUT (local or
+    s3://), at the input's relative path and in its container; OUT/_errors.csv lists the rest."""
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"--quality must be in 1..100, got {quality}")
+    storage.configure(s3_endpoint_url)
+    try:
+        check_destination(out, dest, run_source(dest))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    ensure_ray(ray_address)
+    documents = export_shards(dest, out, quality, s3_endpoint_url)
+    storage.write_bytes(storage.join(out, ERRORS_CSV), errors_csv(documents))
+    summary = {
+        "out": out,
+        "shards": len(documents),
+        "shards_skipped": sum(d["skipped"] for d in documents),
+        "exported": sum(d["exported"] for d in documents if not d["skipped"]),
+        "files": sum(d["exported"] for d in documents),
+        "errors": sum(len(d["errors"]) for d in documents),
+        "errors_csv": storage.join(out, ERRORS_CSV),
+    }
+    get_run_logger().info("export: %s", summary)
+    return summary
