@@ -283,12 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--arch",
         choices=("small", "eccv16", "lite0"),  # models.nets.ARCHITECTURES (torch-free here)
-        default="small",
-        help="network: small, eccv16 (from scratch) or lite0 (ImageNet encoder; default small)",
+        default="lite0",
+        help="network: lite0 (ImageNet encoder, the default), small or eccv16 (from scratch)",
     )
-    train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
-    train.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (3e-4)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
     train.add_argument(
         "--lr-schedule",
         choices=("cosine", "constant"),
@@ -301,13 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="side of the square each photo is resized to once; crops are drawn in it "
-        "(default: 8/7 of --crop, 200 for 176; the paper: 256)",
+        "(default: 16/11 of --crop, 256 for 176, as the paper's data layer)",
     )
     train.add_argument(
         "--scale-min",
         type=float,
-        default=1.0,
-        help="random resized crops: least area fraction of the square (default 1.0: plain crops)",
+        default=0.3,
+        help="random resized crops: least area fraction of the square (default 0.3; 1: plain)",
     )
     train.add_argument(
         "--trainable-stages",
@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--ema-decay",
         type=float,
-        default=0.0,
-        help="ship a moving average of the weights with this decay, e.g. 0.999 (default 0: off)",
+        default=0.999,
+        help="ship a moving average of the weights with this decay (default 0.999; 0: off)",
     )
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     train.add_argument(

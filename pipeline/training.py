@@ -57,13 +57,13 @@ def split_of(row_id: str, val_fraction: float) -> str:
 
 @dataclass
 class TrainConfig:
-    arch: str = "small"
+    arch: str = "lite0"
     crop: int = 176  # the released training's crop size
-    prepared: int = 200  # square the photos are resized to once; random crops are taken in it
-    scale_min: float = 1.0  # random resized crops: least area fraction (1.0: plain crops)
+    prepared: int = 256  # square the photos are resized to once; random crops are taken in it
+    scale_min: float = 0.3  # random resized crops: least area fraction (1.0: plain crops)
     batch_size: int = 16  # per worker
-    steps: int = 2000
-    lr: float = 3e-4
+    steps: int = 3000
+    lr: float = 1e-3
     lr_schedule: str = "cosine"  # or "constant"
     warmup_steps: int = 50
     weight_decay: float = 1e-3
@@ -75,7 +75,7 @@ class TrainConfig:
     trainable_stages: int = 0  # lite0: top encoder stages that train (0: frozen encoder)
     unfreeze_at: int = 0  # lite0: the step from which those stages learn
     encoder_lr_scale: float = 0.1  # lite0: their learning rate, relative to --lr
-    ema_decay: float = 0.0  # moving average of the weights, shipped instead of the last ones
+    ema_decay: float = 0.999  # moving average of the weights, shipped instead of the last ones
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: int = 200
