@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: all install test pytest lint demo bench clean
+.PHONY: all install browser test pytest lint demo bench clean
 all: lint pytest
 
 $(STAMP): pyproject.toml requirements.lock
@@ -23,7 +23,20 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-pytest: install
+# Debian's chromium and its driver, for the gallery's real-browser test (tests/test_gallery.py).
+browser:
+	@if [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "tests/test_gallery.py needs Debian's chromium and chromedriver; install them with:" >&2; \
+	    echo "  sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2; \
+	    exit 1; \
+	  fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver \
+	    || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; \
+	fi
+
+pytest: install browser
 	$(PY) -m pytest
 
 test: lint pytest

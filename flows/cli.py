@@ -77,6 +77,8 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
     )
     for name in ("report.md", "report.json", "metrics.png", "contact_sheet.png"):
         print(f"  {storage.join(dest, name)}")
+    if result.get("gallery"):
+        print(f"  {result['gallery']}  (review gallery: open it in a browser)")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 import models
-from pipeline import report, storage
+from pipeline import gallery, report, storage
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.runner import ActorSpec, ensure_ray, run_shards, start_actors, stop_actors
 from pipeline.shards import ColumnNames, Shard, check_columns, is_committed, list_shards
@@ -143,8 +143,11 @@ def publish_report(
     s3_endpoint_url: str | None,
 ) -> dict[str, Any]:
     run_names = [s["shard"] for s in outcome["done"]]
-    # The contact sheet is drawn from thumbnails in a Ray task: pixels never enter the flow.
+    # The contact sheet is drawn from thumbnails and the gallery is built from the output's
+    # light columns, each in a Ray task (side by side): pixels never enter the flow.
     writer: Any = ray.remote(num_cpus=0)(report.write_run_report)  # type: ignore[arg-type]
+    gallery_writer: Any = ray.remote(num_cpus=0)(gallery.write_gallery)
+    gallery_ref = gallery_writer.remote(dest, s3_endpoint_url=s3_endpoint_url)
     result: dict[str, Any] = ray.get(
         writer.remote(
             dest,
@@ -157,6 +160,7 @@ def publish_report(
             s3_endpoint_url=s3_endpoint_url,
         )
     )
+    review: dict[str, Any] = ray.get(gallery_ref)
     create_markdown_artifact(
         markdown=result["markdown"], key="colorize-report", description=f"report for {dest}"
     )
@@ -167,6 +171,7 @@ def publish_report(
     if rows:
         create_table_artifact(table=rows, key="colorize-metrics", description="per-image metrics")
     summary: dict[str, Any] = result["report"]
+    summary["gallery"] = review["index"]
     return summary
 
 

@@ -171,6 +171,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- source: `{report['source']}`",
         f"- dest: `{report['dest']}`",
         f"- model: `{report['model']}`",
+        "- every image, sortable by uncertainty: [review gallery](gallery/index.html)",
         "",
         "## Summary",
         "",

@@ -10,6 +10,7 @@ object), so a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -160,10 +161,15 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Atomic write of a whole object."""
+    """Atomic write of a whole object. On S3 it gets the Content-Type of its name's extension,
+    so that a static website serves the HTML, scripts and images written here as such."""
     if is_s3(uri):
         loc = parse_s3(uri)
-        _s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        extra: dict[str, str] = {}
+        content_type = mimetypes.guess_type(loc.key)[0]
+        if content_type:
+            extra["ContentType"] = content_type
+        _s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
