@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 import models
 from pipeline import gallery, report, storage
 from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.runner import ActorSpec, ensure_ray, run_shards, start_actors, stop_actors
+from pipeline.runner import ActorPool, ActorSpec, ensure_ray, run_shards
 from pipeline.shards import ColumnNames, Shard, check_columns, is_committed, list_shards
 from pipeline.worker import ColorizeOptions, resolve_model
 
@@ -93,8 +93,8 @@ def process_shards(
     total = len(plan.todo)
     if not total:
         return {"done": [], "failed": [], "retries": 0}
-    spec = ActorSpec.for_cluster(model, options, actors, s3_endpoint_url=s3_endpoint_url)
-    pool = start_actors(spec, run=uuid.uuid4().hex[:8])
+    spec = ActorSpec(model, options, s3_endpoint_url=s3_endpoint_url)
+    pool = ActorPool(spec, run=uuid.uuid4().hex[:8], actors=actors)
     progress_id = create_progress_artifact(
         progress=0.0, key="colorize-progress", description=f"shards of {dest}"
     )
@@ -122,7 +122,7 @@ def process_shards(
         )
     finally:
         bar.close()
-        stop_actors(pool)
+        pool.stop()
     return {"done": outcome.done, "failed": outcome.failed, "retries": outcome.retries}
 
 

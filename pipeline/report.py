@@ -145,7 +145,20 @@ def build_report(
             "images_per_second": run_rate,
         },
         "metrics": {name: _metric_json(name, m) for name, m in archive["metrics"].items()},
+        "nodes": per_node(stats),
     }
+
+
+def per_node(stats: list[ShardStats]) -> dict[str, dict[str, Any]]:
+    """Shards and images per Ray node (and its devices): who did the work."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for s in stats:
+        entry = nodes.setdefault(s.node or "unknown", {"shards": 0, "images": 0, "devices": []})
+        entry["shards"] += 1
+        entry["images"] += s.rows
+        if s.device and s.device not in entry["devices"]:
+            entry["devices"].append(s.device)
+    return dict(sorted(nodes.items()))
 
 
 def _num(value: float | int | None, fmt: str = ".4g") -> str:
@@ -210,6 +223,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {_cell(f['shard'])} | {_cell(f['error'])} |" for f in shards["failed"]]
     else:
         lines.append("None.")
+    lines += ["", "## Nodes", "", "| node | devices | shards | images |", "|---|---|---:|---:|"]
+    lines += [
+        f"| {_cell(node)} | {_cell(', '.join(n['devices']))} | {n['shards']} | {n['images']} |"
+        for node, n in report.get("nodes", {}).items()
+    ]
     lines += [
         "",
         "## Figures",

@@ -110,6 +110,8 @@ class ShardStats:
     sample: str | None = None  # URI of a small gray|colour strip for the contact sheet
     attempt: int = 1
     peak_rss_mb: float = 0.0  # of the worker process, when the shard was committed
+    node: str = ""  # which Ray node processed it: "<ip> <node id prefix>"
+    device: str = ""  # and on what: "cpu", "cuda:0", ...
 
     def add_ok(self, metrics: dict[str, float]) -> None:
         self.rows += 1
@@ -137,6 +139,8 @@ class ShardStats:
             "sample": self.sample,
             "attempt": self.attempt,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "node": self.node,
+            "device": self.device,
         }
 
     @classmethod
@@ -155,4 +159,6 @@ class ShardStats:
             sample=data.get("sample"),
             attempt=data.get("attempt", 1),
             peak_rss_mb=data.get("peak_rss_mb", 0.0),
+            node=data.get("node", ""),
+            device=data.get("device", ""),
         )

@@ -73,6 +73,16 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def node_label() -> str:
+    """ "<ip> <node id prefix>" of the Ray node this runs on ("local" outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return "local"
+    context = ray.get_runtime_context()
+    return f"{ray.util.get_node_ip_address()} {context.get_node_id()[:8]}"
+
+
 def model_id(path: str) -> str:
     """`<file name>@<first 12 hex of its sha256>`: which weights made a row."""
     digest = hashlib.sha256()
@@ -137,15 +147,18 @@ class ShardColorizer:
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
         self.writer_thread = ThreadPoolExecutor(1, thread_name_prefix="writer")
+        self.node = node_label()
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(self.device), "model": self.model_id}
+        return {"pid": os.getpid(), "device": str(self.device), "model": self.model_id,
+                "node": self.node}  # fmt: skip
 
     def process(self, shard: Shard, dest: str, attempt: int = 1) -> dict[str, Any]:
         """Colorize one shard into DEST/<name>.parquet and commit DEST/_stats/<name>.json."""
         started = time.perf_counter()
         stats = ShardStats(shard.name, shard.uri, shard.output_uri(dest), model=self.model_id)
         stats.attempt = attempt
+        stats.node, stats.device = self.node, str(self.device)
         staging = storage.local_staging_dir(dest)
         writer = ShardWriter(shard.output_uri(dest), staging)
         samples: list[Image.Image] = []
