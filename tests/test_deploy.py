@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,29 +146,63 @@ def test_prefect_server_deployment_and_worker_run_the_colorize_flow(tmp_path, sm
     assert (dest / "report.json").is_file()
 
 
-def test_ray_job_submit_runs_a_colorize_job_on_a_real_head(tmp_path, small_archive):
+def documented_ray_commands() -> list[str]:
+    """The shell lines of docs/deploy.md's Ray block (comments dropped, continuations joined)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    block = text.split("<!-- ray-auth-commands")[1].split("```sh\n")[1].split("```")[0]
+    joined = block.replace("\\\n", " ")
+    return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("after_local_run", [True, False], ids=["after-a-local-run", "fresh-home"])
+def test_documented_ray_commands_with_token_auth(tmp_path, small_archive, after_local_run):
+    """docs/deploy.md's commands as written (ports and paths swapped for free ones), in a HOME
+    where a local colorize run left ~/.ray/auth_token, and in one where nothing is there."""
     archive, model, n_images = small_archive
     env = base_env(tmp_path)
+    env.pop("RAY_AUTH_MODE")  # as a user's shell: Ray's own default for local runs
+    env["HOME"] = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    if after_local_run:
+        run([str(BIN / "archive-colorize"), "colorize", str(archive), str(tmp_path / "local"),
+             "--model", model], env, timeout=300)  # fmt: skip
+        assert (tmp_path / "home" / ".ray" / "auth_token").is_file()  # what Ray 2.60 leaves
     temp_dir = tempfile.mkdtemp(prefix="arh", dir="/tmp")  # short: socket paths <= 107 bytes
     gcs, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
-    head_cmd = [
-        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--dashboard-agent-listen-port", str(agent), "--ray-client-server-port", str(client),
-        "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
-    ]  # fmt: skip
+    dest = tmp_path / "colorized"
+    swap = {"6379": str(gcs), "8265": str(dashboard), "SRC": str(archive), "DEST": str(dest),
+            "--model default": f"--model {model}"}  # fmt: skip
+    lines = documented_ray_commands()
+    for i, line in enumerate(lines):
+        for old, new in swap.items():
+            line = line.replace(old, new)
+        lines[i] = line
+    export, token, head, submit = lines
+    assert export == "export RAY_AUTH_MODE=token" and head.startswith("ray start --head")
+    env["RAY_AUTH_MODE"] = export.split("=")[1]
+    run(["bash", "-c", token.replace("ray ", f"{BIN}/ray ", 1)], env)
+    # the head in the foreground of its own process group (--block), so that the test stops it
+    # alone; a private temp dir and free ports for the rest
+    head_cmd = [str(BIN / "ray"), *head.split()[1:], "--block", "--node-ip-address", "127.0.0.1",
+                "--dashboard-agent-listen-port", str(agent), "--ray-client-server-port",
+                str(client), "--num-cpus", "2", "--temp-dir", temp_dir,
+                "--disable-usage-stats"]  # fmt: skip
     with background(head_cmd, env, tmp_path / "ray-head.log"):
-        wait_http(f"http://127.0.0.1:{dashboard}/api/version", 90)
-        dest = tmp_path / "colorized"
-        runtime_env = {
-            "env_vars": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-        }
-        submitted = run(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-             "--runtime-env-json", json.dumps(runtime_env), "--",
-             "archive-colorize", "colorize", str(archive), str(dest), "--model", model],
-            env, timeout=480,
-        )  # fmt: skip
+        deadline = time.time() + 90
+        status = None
+        while time.time() < deadline and status != 401:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/jobs/", timeout=2)
+                status = 200
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                time.sleep(0.5)
+            if status == 200:
+                break
+        assert status == 401, f"the job API must refuse a call without the token, got {status}"
+        submitted = run(["bash", "-c", submit.replace("ray job", f"{BIN}/ray job", 1)], env,
+                        timeout=480)  # fmt: skip
         assert "succeeded" in submitted.stdout, submitted.stdout[-3000:]
     rows = read_rows(dest)
     assert len(rows) == n_images and {r["status"] for r in rows} == {"ok", "error"}
@@ -193,10 +228,21 @@ def test_kuberay_and_launcher_manifests_are_well_formed():
             assert group["template"]["spec"]["containers"][0]["image"]
         gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert gpu["nvidia.com/gpu"] == "1"
+        # token auth on every node, the token from a secret (never in the manifest)
+        for template in [head["template"], *(g["template"] for g in groups.values())]:
+            env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "auth_token"
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    assert {e["name"] for e in submitter["env"]} == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
     launcher = yaml.safe_load((ROOT / "deploy/ray/cluster.yaml").read_text())
     assert {"cluster_name", "provider", "available_node_types", "head_node_type"} <= set(launcher)
     assert launcher["head_node_type"] in launcher["available_node_types"]
     assert launcher["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    assert launcher["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    starts = launcher["head_start_ray_commands"][1:] + launcher["worker_start_ray_commands"][1:]
+    assert all(c.startswith("export RAY_AUTH_MODE=token && ray start") for c in starts)
+    assert "--dashboard-host=127.0.0.1" in launcher["head_start_ray_commands"][1]
     deployments = yaml.safe_load((ROOT / "deploy/prefect.yaml").read_text())["deployments"]
     by_name = {d["name"]: d for d in deployments}
     assert by_name["nightly-colorize"]["concurrency_limit"]["limit"] == 1
