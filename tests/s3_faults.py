@@ -1,0 +1,113 @@
+"""A small fault-injecting HTTP proxy in front of a real S3 server (moto_server), for tests.
+
+Debian has no toxiproxy, so this is ours: it forwards each request to the upstream server and,
+as told, answers 503 SlowDown at a rate, refuses everything during an outage, or cuts a request
+in the middle of its body (the upstream never sees it: the client must retry). It counts
+what it injected so that tests can print it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, seed: int = 0) -> None:
+        self.upstream = urlparse(upstream)
+        self.rate_503 = 0.0
+        self.outage_until = 0.0
+        self.cut_put: Callable[[str], bool] = lambda path: False  # cut this PUT's body?
+        self.injected: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                proxy.forward(self)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def outage(self, seconds: float) -> None:
+        self.outage_until = time.monotonic() + seconds
+
+    def _decide(self, method: str, path: str) -> str | None:
+        with self._lock:
+            self.requests[method] += 1
+            if time.monotonic() < self.outage_until:
+                return "outage"
+            if method == "PUT" and self.cut_put(path):
+                return "cut"
+            if self._random.random() < self.rate_503:
+                return "503"
+        return None
+
+    def forward(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        fault = self._decide(h.command, h.path)
+        if fault == "outage":  # as a dead network: the connection drops, no answer
+            self.injected["outage: connection dropped"] += 1
+            h.close_connection = True
+            h.connection.close()
+            return
+        if fault == "cut":  # half the body arrives, then the connection dies
+            h.rfile.read(length // 2)
+            self.injected["cut mid-body (PUT)"] += 1
+            h.close_connection = True
+            h.connection.close()
+            return
+        body = h.rfile.read(length) if length else b""
+        if fault == "503":
+            self.injected["503 SlowDown"] += 1
+            h.send_response(503)
+            h.send_header("Content-Type", "application/xml")
+            h.send_header("Content-Length", "0" if h.command == "HEAD" else str(len(SLOW_DOWN)))
+            h.end_headers()
+            if h.command != "HEAD":  # a HEAD answer has no body, whatever its length says
+                h.wfile.write(SLOW_DOWN)
+            return
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
+        conn.request(h.command, h.path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        h.send_response(response.status)
+        head = h.command == "HEAD"  # its Content-Length is the object's size: pass it on
+        for key, value in response.getheaders():
+            if key.lower() not in HOP_BY_HOP and (head or key.lower() != "content-length"):
+                h.send_header(key, value)
+        if not head:
+            h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+        conn.close()
