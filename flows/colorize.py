@@ -162,7 +162,7 @@ def publish_report(
     )
     review: dict[str, Any] = ray.get(gallery_ref)
     create_markdown_artifact(
-        markdown=result["markdown"], key="colorize-report", description=f"report for {dest}"
+        markdown=result["artifact"], key="colorize-report", description=f"report for {dest}"
     )
     rows = [
         {"metric": name, **{k: m[k] for k in ("count", "mean", "std", "min", "max")}}

@@ -90,9 +90,9 @@ def evaluate_model(
     evaluation.update(split=split, val_fraction=val_fraction, source=source, model=model)
     markdown = evaluation_markdown(evaluation, model, source, split)
     writer: Any = ray.remote(num_cpus=0)(write_evaluation)  # samples stay out of the flow
-    ray.get(writer.remote(out, evaluation, markdown, s3_endpoint_url))
+    artifact = ray.get(writer.remote(out, evaluation, markdown, s3_endpoint_url))
     create_markdown_artifact(
-        markdown=markdown, key="evaluation", description=f"{model} on {source}"
+        markdown=artifact, key="evaluation", description=f"{model} on {source}"
     )
     rows = [
         {"metric": k, "model": v["model"], "gray": v["gray"]}

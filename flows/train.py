@@ -32,6 +32,7 @@ import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
 from pipeline import report, storage
+from pipeline.artifact import artifact_from_files
 from pipeline.evaluate import evaluation_markdown
 from pipeline.pack import pack_images
 from pipeline.runner import ensure_ray
@@ -225,7 +226,14 @@ def train_model(
         **card_metrics,
     }
     markdown = evaluation_markdown(card_metrics, model_uri, archive, "val")
-    create_markdown_artifact(markdown=markdown, key="train-report")
+    markdown += "\n## Training loss\n\n![loss](loss.png)\n"
+    figures = {"contact_sheet.png": storage.join(out, "evaluation", "contact_sheet.png"),
+               "loss.png": storage.join(out, "loss.png")}  # fmt: skip
+    links = {"model": model_uri, "model card": storage.join(out, "model.json"),
+             "evaluation": storage.join(out, "evaluation", "evaluation.md")}  # fmt: skip
+    embed: Any = ray.remote(num_cpus=0)(artifact_from_files)  # figures stay out of the flow
+    artifact = ray.get(embed.remote(markdown, figures, links, s3_endpoint_url))
+    create_markdown_artifact(markdown=artifact, key="train-report")
     create_table_artifact(
         table=[{"metric": k, **v} for k, v in card_metrics["metrics"].items()], key="train-metrics"
     )

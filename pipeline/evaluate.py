@@ -16,6 +16,7 @@ from PIL import Image
 
 import models
 from pipeline import storage
+from pipeline.artifact import artifact_markdown
 from pipeline.color import lab_to_rgb
 from pipeline.colorize import finish, predict_low
 from pipeline.images import ImageError, decode_image
@@ -172,12 +173,16 @@ def _fmt(value: float | None) -> str:
 
 def write_evaluation(
     out: str, evaluation: dict[str, Any], markdown: str, s3_endpoint_url: str | None
-) -> None:
-    """OUT/evaluation.json, evaluation.md and contact_sheet.png (from the sample strips)."""
+) -> str:
+    """OUT/evaluation.json, evaluation.md and contact_sheet.png (from the sample strips).
+    Returns the markdown for a Prefect artifact, the contact sheet embedded."""
     storage.configure(s3_endpoint_url)
     strips = [storage.read_bytes(uri) for uri in evaluation["samples"][:12]]
-    storage.write_bytes(storage.join(out, "contact_sheet.png"), contact_sheet(strips))
+    sheet = contact_sheet(strips)
+    storage.write_bytes(storage.join(out, "contact_sheet.png"), sheet)
     storage.write_bytes(storage.join(out, "evaluation.md"), markdown.encode())
     storage.write_bytes(
         storage.join(out, "evaluation.json"), json.dumps(evaluation, indent=2).encode()
     )
+    links = {"full evaluation": storage.join(out, "evaluation.md")}
+    return artifact_markdown(markdown, {"contact_sheet.png": sheet}, links)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import storage
+from pipeline.artifact import artifact_markdown
 from pipeline.stats import METRIC_RANGES, MetricSummary, ShardStats, hist_edges
 
 PANEL_WIDTH = 320
@@ -317,18 +318,23 @@ def contact_sheet(strips: list[bytes], max_rows: int = 12) -> bytes:
     return _png(sheet)
 
 
-def write_report(dest: str, report: dict[str, Any], strips: list[bytes]) -> dict[str, str]:
-    """Write report.json, report.md, metrics.png and contact_sheet.png into `dest`.
-
-    Figures first and report.json last, so a present report.json means the whole report is
-    there. Returns {file name: URI}.
-    """
-    files = {
+def report_files(report: dict[str, Any], strips: list[bytes]) -> dict[str, bytes]:
+    """{file name: bytes}: metrics.png, contact_sheet.png, report.md, report.json, in the order
+    they are written (report.json last: a present report.json means the whole report is there)."""
+    return {
         "metrics.png": metrics_figure(report),
         "contact_sheet.png": contact_sheet(strips),
         "report.md": report_markdown(report).encode(),
         "report.json": (json.dumps(report, indent=2) + "\n").encode(),
     }
+
+
+def write_report(dest: str, report: dict[str, Any], strips: list[bytes]) -> dict[str, str]:
+    """Write the report's files (`report_files`) into `dest`. Returns {file name: URI}."""
+    return write_files(dest, report_files(report, strips))
+
+
+def write_files(dest: str, files: dict[str, bytes]) -> dict[str, str]:
     written: dict[str, str] = {}
     for name, data in files.items():
         uri = storage.join(dest, name)
@@ -384,8 +390,16 @@ def write_run_report(
     )
     samples = [s.sample for s in stats if s.sample][: max(0, max_rows)]
     strips = [storage.read_bytes(uri) for uri in samples]
-    files = write_report(dest, report, strips)
-    return {"report": report, "markdown": report_markdown(report), "files": files}
+    contents = report_files(report, strips)
+    files = write_files(dest, contents)
+    markdown = report_markdown(report)
+    artifact = artifact_markdown(
+        markdown,
+        {name: contents[name] for name in ("metrics.png", "contact_sheet.png")},
+        {"full report": files["report.md"],
+         "review gallery (open in a browser)": storage.join(dest, "gallery", "index.html")},
+    )  # fmt: skip
+    return {"report": report, "markdown": markdown, "artifact": artifact, "files": files}
 
 
 SAMPLE_HEIGHT = 128
