@@ -258,20 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     col.set_defaults(func=_colorize)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--image-column", default="image", help="Parquet image column")
-    common.add_argument("--id-column", default="id", help="Parquet id column")
-    common.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
-    common.add_argument(
+    where = argparse.ArgumentParser(add_help=False)  # where it runs and stores
+    where.add_argument(
         "--ray-address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster (default: RAY_ADDRESS, else a local Ray)",
     )
-    common.add_argument(
+    where.add_argument(
         "--s3-endpoint-url",
         default=os.environ.get("AWS_ENDPOINT_URL"),
         help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
     )
+    common = argparse.ArgumentParser(add_help=False, parents=[where])
+    common.add_argument("--image-column", default="image", help="Parquet image column")
+    common.add_argument("--id-column", default="id", help="Parquet id column")
+    common.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
 
     train = sub.add_parser(
         "train",
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
+        parents=[where],
         help="write a colorized archive as image files in the input's folder layout",
         description="Write every ok row of DEST (a colorize output) as an image file under OUT, "
         "at the input's relative path and in its container (JPEG, PNG, TIFF with 16 bits kept; "
@@ -369,16 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="folder or s3:// prefix for the image files")
     export.add_argument(
         "--quality", type=int, default=95, help="JPEG quality where encoding is needed (95)"
-    )
-    export.add_argument(
-        "--ray-address",
-        default=os.environ.get("RAY_ADDRESS"),
-        help="Ray cluster (default: RAY_ADDRESS, else a local Ray)",
-    )
-    export.add_argument(
-        "--s3-endpoint-url",
-        default=os.environ.get("AWS_ENDPOINT_URL"),
-        help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
     )
     export.set_defaults(func=_export)
 
