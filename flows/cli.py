@@ -224,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=8, help="images per forward pass (default 8)"
     )
     col.add_argument(
-        "--actors", type=int, default=None, help="actors (default: one per GPU, else 1)"
+        "--actors",
+        type=int,
+        default=None,
+        help="actors (default: one per GPU, else one per CPU node; nodes that join get one)",
     )
     col.add_argument(
         "--ray-address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: local)"
