@@ -140,7 +140,7 @@ def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_nothing(tmp_path
 
 @pytest.mark.slow
 def test_a_node_joining_mid_run_gets_work(tmp_path, small_model_file):
-    n = _archive(tmp_path / "scans", 60)
+    n = _archive(tmp_path / "scans", 150)  # long enough for a node to start and join
     cluster, dest = Cluster(tmp_path), tmp_path / "colour"
     with cluster.head():
         cluster.wait_nodes(1)
