@@ -48,6 +48,7 @@ demo: install
 bench: install
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_archive.py
+	$(PY) bench/bench_ceiling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
