@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import storage
+from pipeline.images import rgb_to_pil
 
 GALLERY_DIR = "gallery"
 SIZES = {"thumbs": 192, "view": 1024}
@@ -24,10 +25,15 @@ def preview_uri(dest: str, size: str, shard: str, position: int, side: str) -> s
     return storage.join(dest, GALLERY_DIR, size, shard, f"{position:06d}-{side}.jpg")
 
 
+def gray_and_colour(lightness: np.ndarray, rgb: np.ndarray) -> tuple[Image.Image, Image.Image]:
+    """L (H, W) in [0, 100] and RGB (H, W, 3) in [0, 1] -> (8-bit gray, 8-bit RGB) images."""
+    gray = Image.fromarray(np.round(np.clip(lightness, 0, 100) * 2.55).astype(np.uint8), "L")
+    return gray, rgb_to_pil(rgb)
+
+
 def previews(lightness: np.ndarray, rgb: np.ndarray) -> dict[tuple[str, str], bytes]:
     """{(size, side): JPEG bytes} for one image: L (H, W) in [0, 100], RGB (H, W, 3) in [0, 1]."""
-    gray = Image.fromarray(np.round(np.clip(lightness, 0, 100) * 2.55).astype(np.uint8), "L")
-    colour = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+    gray, colour = gray_and_colour(lightness, rgb)
     out: dict[tuple[str, str], bytes] = {}
     for size, longest in SIZES.items():
         for side, image in (("in", gray), ("out", colour)):

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import storage
 from pipeline.artifact import artifact_markdown
+from pipeline.previews import gray_and_colour
 from pipeline.stats import METRIC_RANGES, MetricSummary, ShardStats, hist_edges
 
 PANEL_WIDTH = 320
@@ -407,8 +408,7 @@ SAMPLE_HEIGHT = 128
 
 def sample_pair(lightness: np.ndarray, rgb: np.ndarray) -> Image.Image:
     """gray input | colour output, SAMPLE_HEIGHT tall: one cell of the contact sheet."""
-    gray = Image.fromarray(np.round(np.clip(lightness, 0, 100) * 2.55).astype(np.uint8), "L")
-    colour = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+    gray, colour = gray_and_colour(lightness, rgb)
     width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
     pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
     pair.paste(gray.convert("RGB").resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (0, 0))
