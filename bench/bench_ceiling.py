@@ -35,7 +35,7 @@ import models
 from pipeline.colorize import finish, predict_low
 from pipeline.images import decode_image, encode_image
 from pipeline.metrics import image_metrics
-from pipeline.previews import previews
+from pipeline.previews import gray_and_colour, previews
 from pipeline.shards import list_shards
 from pipeline.worker import ShardColorizer
 
@@ -111,14 +111,24 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
         ab_low, _ = timed(
             "forward (null) + decode ab", lambda d=dec: predict_low(model, [d.lightness])
         )
-        rgb, ab = timed("upsample + Lab->RGB", lambda d=dec, a=ab_low: finish(d.lightness, a[0]))
+        dtype = np.uint16 if dec.bit_depth == 16 else np.uint8
+        rgb, ab = timed(
+            "upsample + Lab->RGB",
+            lambda d=dec, a=ab_low, t=dtype: finish(d.lightness, a[0], t, d.ab is not None),
+        )
         timed(
             "metrics",
             lambda d=dec, r=rgb, a=ab: image_metrics(r, a, d.rgb, d.ab, centers, prior, 512),
         )
-        timed("gallery previews", lambda d=dec, r=rgb: previews(d.lightness, r))
         fmt = "png" if dec.bit_depth == 16 else "jpeg"
-        timed("encode", lambda d=dec, r=rgb, f=fmt: encode_image(r, f, 95, d.bit_depth, d.metadata))
+        out = timed(
+            "encode", lambda d=dec, r=rgb, f=fmt: encode_image(r, f, 95, d.bit_depth, d.metadata)
+        )
+        jpeg = out if fmt == "jpeg" else None
+        timed(
+            "gallery previews",
+            lambda d=dec, r=rgb, j=jpeg: previews(*gray_and_colour(d.lightness, r), j),
+        )
     return {name: 1000 * seconds / len(files) for name, seconds in totals.items()}
 
 

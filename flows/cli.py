@@ -31,6 +31,7 @@ def _colorize(args: argparse.Namespace) -> int:
         quality=args.quality,
         max_pixels=args.max_pixels,
         metrics_max_side=args.metrics_max_side,
+        precision=args.precision,
         in_flight=args.in_flight,
         max_attempts=args.max_attempts,
         s3_endpoint_url=args.s3_endpoint_url,
@@ -251,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=512,
         help="score metrics on a copy at most this large (default 512; 0: full resolution)",
+    )
+    col.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="the network's number type: bf16/fp16 (autocast) on CUDA workers only (default fp32)",
     )
     col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
     col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")

@@ -191,6 +191,7 @@ def colorize_archive(
     quality: int = 95,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     metrics_max_side: int = 512,
+    precision: str = "fp32",
     in_flight: int = 2,
     max_attempts: int = 3,
     s3_endpoint_url: str | None = None,
@@ -209,9 +210,16 @@ def colorize_archive(
         quality=quality,
         max_pixels=max_pixels,
         metrics_max_side=metrics_max_side,
+        precision=precision,
     )
     plan = plan_run(source, dest, model, options, shard_size)
     ensure_ray(ray_address)
+    if precision != "fp32" and not ray.cluster_resources().get("GPU"):
+        get_run_logger().warning(
+            "--precision %s applies to CUDA workers only; this Ray cluster has no GPU, so the "
+            "network runs in fp32",
+            precision,
+        )
     outcome = process_shards(
         plan,
         dest,

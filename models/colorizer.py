@@ -70,8 +70,11 @@ class Colorizer(nn.Module):
 
     def predict(self, lightness: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
         """`predict_ab` and, from the same forward, each image's uncertainty (N,) in [0, 1]."""
+        return self.decode(self.logits(lightness), temperature)
+
+    def decode(self, logits: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
+        """Logits (N, Q, h, w) -> annealed-mean ab (N, 2, h, w) and uncertainty (N,)."""
         t = self.temperature if temperature is None else temperature
-        logits = self.logits(lightness)
         return annealed_mean_from_logits(logits, self.centers, t), uncertainty(logits)
 
     def rebalance_weights(self, lam: float = 0.5) -> Tensor:

@@ -1,7 +1,7 @@
 """Colorize a batch: L at working size -> network -> annealed mean -> ab upsampled to the
 ORIGINAL size -> joined with the original L -> RGB. The output never changes size and keeps
-the input's L exactly. The network runs on a batch; the rest runs per image, on the model's
-device until the final RGB."""
+the input's L exactly. The network runs on a batch; the rest runs per image: on a GPU on the
+model's device until the final (quantised) RGB, on a CPU in one fused pass (lab_cpu)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from PIL import Image
 from models import Colorizer
 from pipeline.color import lab_to_rgb
 from pipeline.images import decode_pil, rgb_to_pil
+from pipeline.lab_cpu import join_lab
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def working_batch(lightness: Sequence[torch.Tensor], size: int) -> torch.Tensor:
@@ -31,17 +34,35 @@ def working_batch(lightness: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     )
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; to a GPU from pinned memory without blocking the host."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 @torch.inference_mode()
 def predict_low(
-    model: Colorizer, lightness: Sequence[np.ndarray], temperature: float | None = None
+    model: Colorizer,
+    lightness: Sequence[np.ndarray],
+    temperature: float | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size and each
-    image's uncertainty (N,), on its device.
+    image's uncertainty (N,), on its device. `precision` "bf16"/"fp16" runs the network (not
+    the decoding) in that type under autocast, on CUDA only: on this project's CPUs bf16 is
+    hundreds of times slower than fp32, so a CPU keeps fp32.
 
     The batched step; `finish` then works image by image (a worker runs it in its threads).
     """
-    full = [torch.from_numpy(l_map).to(model.device) for l_map in lightness]
-    return model.predict(working_batch(full, model.working_size), temperature)
+    full = [to_device(l_map, model.device) for l_map in lightness]
+    batch = working_batch(full, model.working_size)
+    dtype = PRECISIONS[precision]
+    on_cuda = model.device.type == "cuda"
+    with torch.autocast("cuda", dtype=dtype, enabled=on_cuda and dtype is not None):
+        logits = model.logits(batch)
+    return model.decode(logits.float(), temperature)
 
 
 def predict_low_ab(
@@ -58,13 +79,28 @@ def upsample_ab(ab_low: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def finish(l_map: np.ndarray, ab_low: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """One image: its full-size L (H, W) and low-res ab (2, h, w) -> (RGB (H, W, 3) in [0, 1],
-    ab (2, H, W)), float32 on the host. The join and conversion run on ab's device."""
-    lightness = torch.from_numpy(l_map).to(ab_low.device)
+def finish(
+    l_map: np.ndarray,
+    ab_low: torch.Tensor,
+    dtype: type = np.float32,
+    keep_ab: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image: its full-size L (H, W) and low-res ab (2, h, w) -> (RGB (H, W, 3) on the host
+    as float32 in [0, 1], uint8 or uint16; the full-size ab (2, H, W) float32 if `keep_ab`).
+
+    On a CPU, `lab_cpu.join_lab` does it in one pass; elsewhere the join and conversion run on
+    ab's device and only the quantised RGB comes back.
+    """
+    if ab_low.device.type == "cpu":
+        return join_lab(l_map, ab_low.numpy(), dtype, keep_ab)
+    lightness = to_device(l_map, ab_low.device)
     ab = upsample_ab(ab_low, lightness.shape)
     rgb = lab_to_rgb(torch.cat([lightness[None], ab])).permute(1, 2, 0)
-    return rgb.cpu().numpy(), ab.cpu().numpy()
+    if dtype is not np.float32:  # quantised on the device: less to copy back
+        wide = torch.int32 if dtype is np.uint16 else torch.uint8
+        rgb = (rgb * float(np.iinfo(dtype).max) + 0.5).to(wide)
+    rgb_host: np.ndarray = rgb.cpu().numpy().astype(dtype, copy=False)
+    return rgb_host, ab.cpu().numpy() if keep_ab else None
 
 
 def colorize_lightness(
@@ -72,7 +108,12 @@ def colorize_lightness(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """L maps (H, W) -> (RGB (H, W, 3) in [0, 1], predicted ab (2, H, W)), float32, on the host."""
     ab_low = predict_low_ab(model, lightness, temperature)
-    return [finish(l_map, ab) for l_map, ab in zip(lightness, ab_low, strict=True)]
+    out = []
+    for l_map, ab_one in zip(lightness, ab_low, strict=True):
+        rgb, ab = finish(l_map, ab_one)
+        assert ab is not None  # keep_ab
+        out.append((rgb, ab))
+    return out
 
 
 def colorize_images(

@@ -21,6 +21,7 @@ from pipeline.color import lab_to_rgb
 from pipeline.colorize import finish, predict_low
 from pipeline.images import ImageError, decode_image
 from pipeline.metrics import image_metrics
+from pipeline.previews import gray_and_colour
 from pipeline.report import contact_sheet, sample_pair, sample_strip
 from pipeline.shards import ColumnNames, Shard, read_batches
 from pipeline.stats import MetricSummary, ShardStats
@@ -82,9 +83,10 @@ def evaluate_shard(
         ab_low, uncertainty = predict_low(colorizer, [d.lightness for d in kept], temperature)
         for dec, ab_one, u in zip(kept, ab_low, uncertainty.tolist(), strict=True):
             rgb, ab = finish(dec.lightness, ab_one)
+            assert ab is not None  # keep_ab
             doubt.append((u, float(np.hypot(*(ab - dec.ab)).mean())))
             if len(pairs) < samples:
-                pairs.append(sample_pair(dec.lightness, rgb))
+                pairs.append(sample_pair(*gray_and_colour(dec.lightness, rgb)))
             gray_rgb, gray_ab = gray_baseline(dec.lightness)
             for name, (p_rgb, p_ab) in (("model", (rgb, ab)), ("gray", (gray_rgb, gray_ab))):
                 scored[name].add_ok(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from models.bins import nearest_bin
@@ -60,19 +61,34 @@ def ssim(rgb_pred: np.ndarray, rgb_true: np.ndarray) -> float:
     return float(structural_similarity(rgb_true, rgb_pred, channel_axis=-1, data_range=1.0))
 
 
+def unit_float(rgb: np.ndarray) -> np.ndarray:
+    """RGB as float in [0, 1], from float, uint8 or uint16."""
+    if rgb.dtype == np.uint8 or rgb.dtype == np.uint16:
+        return np.multiply(rgb, np.float32(1 / np.iinfo(rgb.dtype).max), dtype=np.float32)
+    return rgb
+
+
 def downscale(max_side: int, *arrays: np.ndarray | None) -> list[Any]:
-    """Area-downscale (H, W, 3) or (2, H, W) arrays so the longer side is `max_side`."""
+    """Area-downscale (H, W, 3) or (2, H, W) arrays so the longer side is `max_side`.
+
+    8-bit RGB goes through Pillow's antialiased bilinear resize (torch's `antialias=True`
+    filter is a port of it), with no float copy at full size; the rest through torch.
+    """
     out: list[Any] = []
     for arr in arrays:
         if arr is None:
             out.append(None)
             continue
         channels_last = arr.shape[-1] == 3 and arr.ndim == 3 and arr.shape[0] != 2
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        t = t.permute(2, 0, 1) if channels_last else t
-        h, w = t.shape[-2:]
+        h, w = arr.shape[:2] if channels_last else arr.shape[-2:]
         scale = max_side / max(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if arr.dtype == np.uint8 and channels_last:
+            small = Image.fromarray(arr, "RGB").resize(size[::-1], Image.Resampling.BILINEAR)
+            out.append(np.asarray(small))
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(unit_float(arr), dtype=np.float32))
+        t = t.permute(2, 0, 1) if channels_last else t
         t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True)[0]
         out.append((t.permute(1, 2, 0) if channels_last else t).numpy())
     return out
@@ -80,7 +96,7 @@ def downscale(max_side: int, *arrays: np.ndarray | None) -> list[Any]:
 
 def image_metrics(
     rgb_pred: np.ndarray,
-    ab_pred: np.ndarray,
+    ab_pred: np.ndarray | None,
     rgb_true: np.ndarray | None = None,
     ab_true: np.ndarray | None = None,
     centers: torch.Tensor | None = None,
@@ -88,6 +104,7 @@ def image_metrics(
     max_side: int = 0,
 ) -> dict[str, float]:
     """All metrics for one image. Ground-truth metrics only where ground truth is given.
+    `rgb_pred` is float in [0, 1], uint8 or uint16; `ab_pred` may be None without ground truth.
 
     `max_side` > 0 scores a copy downscaled (area-averaged) so that its longer side is at most
     that: colour is predicted at 1/4 of 256 px, so AuC and colourfulness barely move, while
@@ -97,8 +114,9 @@ def image_metrics(
         rgb_pred, ab_pred, rgb_true, ab_true = downscale(
             max_side, rgb_pred, ab_pred, rgb_true, ab_true
         )
+    rgb_pred = unit_float(rgb_pred)
     out = {"colorfulness": colourfulness(rgb_pred)}
-    if rgb_true is None or ab_true is None:
+    if rgb_true is None or ab_true is None or ab_pred is None:
         return out
     out["psnr"] = psnr(rgb_pred, rgb_true)
     out["ssim"] = ssim(rgb_pred, rgb_true)

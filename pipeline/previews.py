@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.images import rgb_to_pil
+from pipeline.lab_cpu import lightness_to_gray8
 
 GALLERY_DIR = "gallery"
 SIZES = {"thumbs": 192, "view": 1024}
@@ -26,20 +27,32 @@ def preview_uri(dest: str, size: str, shard: str, position: int, side: str) -> s
 
 
 def gray_and_colour(lightness: np.ndarray, rgb: np.ndarray) -> tuple[Image.Image, Image.Image]:
-    """L (H, W) in [0, 100] and RGB (H, W, 3) in [0, 1] -> (8-bit gray, 8-bit RGB) images."""
-    gray = Image.fromarray(np.round(np.clip(lightness, 0, 100) * 2.55).astype(np.uint8), "L")
-    return gray, rgb_to_pil(rgb)
+    """L (H, W) in [0, 100] and RGB (H, W, 3) (float in [0, 1], uint8 or uint16) -> (8-bit
+    gray, 8-bit RGB) images."""
+    return Image.fromarray(lightness_to_gray8(lightness), "L"), rgb_to_pil(rgb)
 
 
-def previews(lightness: np.ndarray, rgb: np.ndarray) -> dict[tuple[str, str], bytes]:
-    """{(size, side): JPEG bytes} for one image: L (H, W) in [0, 100], RGB (H, W, 3) in [0, 1]."""
-    gray, colour = gray_and_colour(lightness, rgb)
+def previews(
+    gray: Image.Image, colour: Image.Image, colour_jpeg: bytes | None = None
+) -> dict[tuple[str, str], bytes]:
+    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair. `colour_jpeg`,
+    the output's own JPEG, is the view of an output no larger than a view (not encoded twice)."""
     out: dict[tuple[str, str], bytes] = {}
     for size, longest in SIZES.items():
         for side, image in (("in", gray), ("out", colour)):
+            if side == "out" and colour_jpeg is not None and max(image.size) <= longest:
+                out[size, side] = colour_jpeg
+                continue
             small = image.copy()
             small.thumbnail((longest, longest), Image.Resampling.LANCZOS, reducing_gap=3.0)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=QUALITY[size])
             out[size, side] = buf.getvalue()
     return out
+
+
+def write_previews(
+    dest: str, shard: str, position: int, images: dict[tuple[str, str], bytes]
+) -> None:
+    for (size, side), data in images.items():
+        storage.write_bytes(preview_uri(dest, size, shard, position, side), data)

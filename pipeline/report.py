@@ -18,7 +18,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import storage
 from pipeline.artifact import artifact_markdown
-from pipeline.previews import gray_and_colour
 from pipeline.stats import METRIC_RANGES, MetricSummary, ShardStats, hist_edges
 
 PANEL_WIDTH = 320
@@ -406,9 +405,9 @@ def write_run_report(
 SAMPLE_HEIGHT = 128
 
 
-def sample_pair(lightness: np.ndarray, rgb: np.ndarray) -> Image.Image:
-    """gray input | colour output, SAMPLE_HEIGHT tall: one cell of the contact sheet."""
-    gray, colour = gray_and_colour(lightness, rgb)
+def sample_pair(gray: Image.Image, colour: Image.Image) -> Image.Image:
+    """gray input | colour output (`previews.gray_and_colour`), SAMPLE_HEIGHT tall: one cell of
+    the contact sheet."""
     width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
     pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
     pair.paste(gray.convert("RGB").resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (0, 0))

@@ -25,10 +25,10 @@ from PIL import Image
 
 import models
 from pipeline import storage
-from pipeline.colorize import finish, predict_low
+from pipeline.colorize import PRECISIONS, finish, predict_low
 from pipeline.images import DEFAULT_MAX_PIXELS, Decoded, ImageError, decode_image, encode_image
 from pipeline.metrics import image_metrics
-from pipeline.previews import preview_uri, previews
+from pipeline.previews import gray_and_colour, previews, write_previews
 from pipeline.report import sample_pair, sample_strip
 from pipeline.shards import (
     OUTPUT_SCHEMA,
@@ -52,6 +52,7 @@ class ColorizeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     samples_per_shard: int = 2  # gray|colour pairs kept for the contact sheet
     metrics_max_side: int = 512  # score a copy at most this large (0: full resolution)
+    precision: str = "fp32"  # the network's type on CUDA ("bf16", "fp16"); CPUs keep fp32
 
     def validate(self) -> None:
         """Fail fast with a message that says how to fix the option."""
@@ -67,6 +68,9 @@ class ColorizeOptions:
             raise ValueError(f"--metrics-max-side must be >= 0, got {self.metrics_max_side}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels must be >= 1, got {self.max_pixels}")
+        if self.precision not in PRECISIONS:
+            choices = ", ".join(PRECISIONS)
+            raise ValueError(f"--precision must be one of {choices}, got {self.precision!r}")
 
 
 def pick_device() -> torch.device:
@@ -108,7 +112,7 @@ class _Item:
     decoded: Decoded | None = None
     error: tuple[str, str] | None = None  # (kind, message)
     ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
-    result: tuple[np.ndarray, np.ndarray] | None = None  # (rgb, ab) at full size, on the host
+    pair: tuple[Image.Image, Image.Image] | None = None  # 8-bit (gray in, colour out)
     uncertainty: float | None = None  # the network's, from the same forward (models.decode)
 
 
@@ -117,7 +121,6 @@ class _Encoded:
     image: bytes | None
     metrics: dict[str, float]
     error: tuple[str, str] | None  # (kind, message)
-    previews: dict[tuple[str, str], bytes]  # (size, side) -> JPEG, for the gallery
 
 
 class ShardColorizer:
@@ -142,7 +145,8 @@ class ShardColorizer:
         self.model_id = model_id(path)
         # one forward before any shard: a model that cannot run on this device fails here, not
         # as a shard of error rows, and one-time kernel set-up stays out of shard timings
-        predict_low(self.model, [np.full((64, 64), 50.0, dtype=np.float32)])
+        warm = [np.full((64, 64), 50.0, dtype=np.float32)]
+        finish(warm[0], predict_low(self.model, warm, None, self.options.precision)[0][0], np.uint8)
         self.centers, self.prior = self.model.centers.cpu(), self.model.prior.cpu()  # for metrics
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
@@ -172,7 +176,7 @@ class ShardColorizer:
                 next_position = items[-1].position + 1
                 decoding = self._submit_decode(next(batches, None), next_position)  # overlaps
                 self._infer(items)
-                encoded = [self.pool.submit(self._encode, it) for it in items]
+                encoded = [self.pool.submit(self._encode, it, dest, shard.name) for it in items]
                 if pending_write is not None:
                     pending_write.result()  # at most one batch waits to be written
                 pending_write = self.writer_thread.submit(
@@ -228,7 +232,9 @@ class ShardColorizer:
             return
         try:
             lightness = [it.decoded.lightness for it in ready]  # type: ignore[union-attr]
-            ab_low, uncertainty = predict_low(self.model, lightness, self.options.temperature)
+            ab_low, uncertainty = predict_low(
+                self.model, lightness, self.options.temperature, self.options.precision
+            )
         except Exception:
             if len(ready) == 1:
                 raise
@@ -262,8 +268,6 @@ class ShardColorizer:
         for item, future in zip(items, encoded, strict=True):
             done = future.result()
             image, metrics, error = done.image, done.metrics, done.error
-            for (kind, side), data in done.previews.items():
-                storage.write_bytes(preview_uri(dest, kind, shard_name, item.position, side), data)
             size = item.decoded.size if item.decoded is not None else (None, None)
             cols["id"].append(item.id)
             cols["status"].append("ok" if error is None else "error")
@@ -277,26 +281,26 @@ class ShardColorizer:
             cols["model"].append(self.model_id)
             if error is None:
                 stats.add_ok(metrics)
-                if len(samples) < self.options.samples_per_shard and item.result is not None:
-                    samples.append(sample_pair(item.decoded.lightness, item.result[0]))  # type: ignore[union-attr]
+                if len(samples) < self.options.samples_per_shard and item.pair is not None:
+                    samples.append(sample_pair(*item.pair))
             else:
                 stats.add_error(error[0])
         writer.write(cols, batch.metadata)
 
-    def _encode(self, item: _Item) -> _Encoded:
-        """Finish one image (full-size ab, RGB), score it, encode it and make its gallery
-        images (runs in the pool)."""
+    def _encode(self, item: _Item, dest: str, shard_name: str) -> _Encoded:
+        """Finish one image (full-size ab, RGB), score it, encode it, and make and write its
+        gallery images (runs in the pool). One 8-bit (or 16-bit) RGB serves all of them."""
         if item.error is not None or item.decoded is None or item.ab_low is None:
-            return _Encoded(None, {}, item.error or ("inference", "no result"), {})
+            return _Encoded(None, {}, item.error or ("inference", "no result"))
         dec = item.decoded
+        dtype = np.uint16 if dec.bit_depth == 16 else np.uint8
         try:
-            item.result = finish(dec.lightness, item.ab_low)
+            rgb, ab = finish(dec.lightness, item.ab_low, dtype, keep_ab=dec.ab is not None)
         except Exception as exc:  # e.g. out of memory on a huge scan
-            return _Encoded(None, {}, ("inference", f"{type(exc).__name__}: {exc}"), {})
+            return _Encoded(None, {}, ("inference", f"{type(exc).__name__}: {exc}"))
         finally:
             item.ab_low = None
         try:
-            rgb, ab = item.result
             metrics = image_metrics(
                 rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
             )
@@ -304,6 +308,10 @@ class ShardColorizer:
                 metrics["uncertainty"] = item.uncertainty
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
             data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
-            return _Encoded(data, metrics, None, previews(dec.lightness, rgb))
+            item.pair = gray_and_colour(dec.lightness, rgb)
+            gallery = previews(*item.pair, data if fmt == "jpeg" else None)
         except Exception as exc:
-            return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"), {})
+            return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
+        # outside the try: a storage fault fails the shard (which is retried), never the row
+        write_previews(dest, shard_name, item.position, gallery)
+        return _Encoded(data, metrics, None)
