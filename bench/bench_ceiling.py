@@ -16,6 +16,10 @@ in one run, on 1024-px gray JPEG scans, 1024-px colour photos (with ground-truth
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as pipeline.worker.WORKER_ENV, for actors
+
 import argparse
 import io
 import resource
@@ -41,17 +45,21 @@ from pipeline.worker import ShardColorizer
 
 
 class NullNet(nn.Module):
-    """Centred L (N, 1, H, W) -> the same fixed logits (N, Q, H/4, W/4), at no cost."""
+    """Centred L (N, 1, H, W) -> the same fixed logits (N, Q, H/4, W/4), at no cost: made once
+    per shape, channels-last as a loaded model's are (a stride-0 view would cost a copy later)."""
 
     def __init__(self, num_bins: int) -> None:
         super().__init__()
-        self.register_buffer(
-            "fixed", torch.randn(num_bins, generator=torch.Generator().manual_seed(0))
-        )
+        self.fixed = torch.randn(num_bins, generator=torch.Generator().manual_seed(0))
+        self.made: dict[tuple[int, ...], Tensor] = {}
 
     def forward(self, lightness: Tensor) -> Tensor:
         n, _, h, w = lightness.shape
-        return self.fixed[None, :, None, None].expand(n, -1, h // 4, w // 4)
+        shape = (n, self.fixed.shape[0], h // 4, w // 4)
+        if shape not in self.made:
+            logits = self.fixed[None, :, None, None].expand(shape)
+            self.made[shape] = logits.contiguous(memory_format=torch.channels_last)
+        return self.made[shape]
 
 
 def scans(kind: str, n: int) -> dict[str, bytes]:

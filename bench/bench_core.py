@@ -1,4 +1,6 @@
-"""Core benchmarks (not collected by pytest): Lab conversion vs scikit-image, network forward.
+"""Core benchmarks (not collected by pytest): Lab conversion vs scikit-image (ours on the CPU:
+`pipeline.lab_cpu`, and the torch one that runs on a GPU), the annealed-mean decoding, and
+the network forward.
 
     python bench/bench_core.py [--threads 2]
 
@@ -16,7 +18,10 @@ import torch
 from skimage import color, data, transform
 
 from models import build
+from models.decode import annealed_mean_from_logits, uncertainty
+from pipeline import lab_cpu
 from pipeline.color import lab_to_rgb, rgb_to_lab
+from pipeline.decode_cpu import decode
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -37,23 +42,47 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
 
-    rgb = transform.resize(data.astronaut(), (2048, 2048), preserve_range=False).astype(np.float32)
+    rgb8 = (transform.resize(data.astronaut(), (2048, 2048)) * 255).round().astype(np.uint8)
+    rgb = rgb8.astype(np.float32) / 255.0  # what skimage gets: the same 8-bit pixels
     rgb_t = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
     lab_np = color.rgb2lab(rgb)
+    lab_np[..., 1:] *= 1.3  # some colours out of the sRGB gamut, clipped on the way back
     lab_t = torch.from_numpy(lab_np.astype(np.float32)).permute(2, 0, 1).contiguous()
-    sk_fwd = best_of(lambda: color.rgb2lab(rgb))
-    ours_fwd = best_of(lambda: rgb_to_lab(rgb_t))
-    sk_back = best_of(lambda: color.lab2rgb(lab_np))
-    ours_back = best_of(lambda: lab_to_rgb(lab_t))
-    print("Lab conversion, 2048x2048:")
-    print(
-        f"  rgb->lab  skimage {sk_fwd * 1e3:7.1f} ms   ours {ours_fwd * 1e3:7.1f} ms   "
-        f"speed-up {sk_fwd / ours_fwd:4.1f}x"
+    l_np, ab_np = lab_t[0].numpy(), lab_t[1:].numpy()
+    fwd = {
+        "skimage": best_of(lambda: color.rgb2lab(rgb)),
+        "torch": best_of(lambda: rgb_to_lab(rgb_t)),
+        "lab_cpu": best_of(lambda: lab_cpu.rgb8_to_lab(rgb8)),
+    }
+    back = {
+        "skimage": best_of(lambda: color.lab2rgb(lab_np)),
+        "torch": best_of(lambda: lab_to_rgb(lab_t)),
+        "lab_cpu": best_of(lambda: lab_cpu.lab_to_rgb(l_np, ab_np)),
+    }
+    l_ours, ab_ours = lab_cpu.rgb8_to_lab(rgb8)
+    ref = color.rgb2lab(rgb.astype(np.float64))
+    err_fwd = max(
+        np.abs(l_ours - ref[..., 0]).max(), np.abs(ab_ours - ref[..., 1:].transpose(2, 0, 1)).max()
     )
-    print(
-        f"  lab->rgb  skimage {sk_back * 1e3:7.1f} ms   ours {ours_back * 1e3:7.1f} ms   "
-        f"speed-up {sk_back / ours_back:4.1f}x"
-    )
+    err_back = np.abs(
+        lab_cpu.lab_to_rgb(l_np, ab_np) - color.lab2rgb(lab_np.astype(np.float64))
+    ).max()
+    print("Lab conversion, 2048x2048, one thread for lab_cpu (ms; speed-up over skimage):")
+    for name, times, err in (("rgb->lab", fwd, err_fwd), ("lab->rgb", back, err_back)):
+        line = "   ".join(f"{k} {v * 1e3:6.1f}" for k, v in times.items())
+        print(f"  {name}  {line}   lab_cpu {times['skimage'] / times['lab_cpu']:4.1f}x, "
+              f"max error {err:.1e} (goal >= 5x, <= 1e-3)")  # fmt: skip
+
+    centers = build("lite0").centers
+    logits = torch.randn(8, centers.shape[0], 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        in_torch = best_of(
+            lambda: (annealed_mean_from_logits(logits, centers), uncertainty(logits))
+        )
+        in_numba = best_of(lambda: decode(logits, centers, 0.38))
+    print(f"Annealed mean + uncertainty, 8 x {centers.shape[0]} bins x 64 x 64: torch "
+          f"{in_torch * 1e3 / 8:5.1f} ms/image, decode_cpu {in_numba * 1e3 / 8:5.1f} "
+          f"({in_torch / in_numba:4.1f}x)")  # fmt: skip
 
     print(f"Forward at 256x256, fp32, {args.images} images:")
     rates: dict[tuple[str, str], float] = {}

@@ -142,13 +142,10 @@ def decode_pil(img: Image.Image) -> Decoded:
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale; a mode-I image (32-bit) is read as 16-bit values, as PNG/TIFF store them
         levels = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
-        return Decoded(_lightness_table(16)[levels], None, None, 16, meta)
-    if mode in ("1", "L"):
-        levels = np.asarray(img.convert("L"))
-        return Decoded(_lightness_table(8)[levels], None, None, 8, meta)
-    if mode == "LA" or (mode == "PA"):
-        levels = np.asarray(_flatten_alpha(img).convert("L"))
-        return Decoded(_lightness_table(8)[levels], None, None, 8, meta)
+        return Decoded(np.take(_lightness_table(16), levels), None, None, 16, meta)
+    if mode in ("1", "L", "LA", "PA"):
+        gray = img if mode == "L" else (img if mode == "1" else _flatten_alpha(img)).convert("L")
+        return Decoded(np.take(_lightness_table(8), np.asarray(gray)), None, None, 8, meta)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
         rgb8 = np.asarray(_flatten_alpha(img))
     else:  # RGB, P, CMYK

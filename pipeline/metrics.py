@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from models.bins import nearest_bin
@@ -43,14 +43,31 @@ def inverse_prior_weights(
     return (1.0 / prior.cpu().clamp_min(1e-8))[idx].numpy()
 
 
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _opponent_sums(rgb, scale):
+    """Flat RGB -> sums of rg, rg^2, yb, yb^2 (on 0-255), in one pass."""
+    s_rg = s_rg2 = s_yb = s_yb2 = 0.0
+    for k in range(rgb.shape[0] // 3):
+        r, g, b = rgb[3 * k] * scale, rgb[3 * k + 1] * scale, rgb[3 * k + 2] * scale
+        rg = r - g
+        yb = 0.5 * (r + g) - b
+        s_rg += rg
+        s_rg2 += rg * rg
+        s_yb += yb
+        s_yb2 += yb * yb
+    return s_rg, s_rg2, s_yb, s_yb2
+
+
 def colourfulness(rgb: np.ndarray) -> float:
-    """Hasler and Suesstrunk's M = sigma_rgyb + 0.3 mu_rgyb on RGB (H, W, 3) in [0, 1]."""
-    r, g, b = (rgb.astype(np.float64) * 255.0).transpose(2, 0, 1)
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    sigma = np.sqrt(rg.std() ** 2 + yb.std() ** 2)
-    mu = np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
-    return float(sigma + 0.3 * mu)
+    """Hasler and Suesstrunk's M = sigma_rgyb + 0.3 mu_rgyb on RGB (H, W, 3): float in [0, 1],
+    uint8 or uint16 (computed on the 0-255 scale)."""
+    top = np.iinfo(rgb.dtype).max if rgb.dtype.kind == "u" else 1.0
+    flat = np.ascontiguousarray(rgb).reshape(-1)
+    n = flat.size // 3
+    s_rg, s_rg2, s_yb, s_yb2 = _opponent_sums(flat, 255.0 / top)
+    mean_rg, mean_yb = s_rg / n, s_yb / n
+    var = max(s_rg2 / n - mean_rg**2, 0.0) + max(s_yb2 / n - mean_yb**2, 0.0)
+    return float(np.sqrt(var) + 0.3 * np.hypot(mean_rg, mean_yb))
 
 
 def psnr(rgb_pred: np.ndarray, rgb_true: np.ndarray) -> float:
@@ -71,8 +88,8 @@ def unit_float(rgb: np.ndarray) -> np.ndarray:
 def downscale(max_side: int, *arrays: np.ndarray | None) -> list[Any]:
     """Area-downscale (H, W, 3) or (2, H, W) arrays so the longer side is `max_side`.
 
-    8-bit RGB goes through Pillow's antialiased bilinear resize (torch's `antialias=True`
-    filter is a port of it), with no float copy at full size; the rest through torch.
+    8-bit RGB is resized as 8-bit (torch's integer path of the same filter: within one level
+    of the float one, with no float copy at full size); the rest as float.
     """
     out: list[Any] = []
     for arr in arrays:
@@ -84,8 +101,9 @@ def downscale(max_side: int, *arrays: np.ndarray | None) -> list[Any]:
         scale = max_side / max(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         if arr.dtype == np.uint8 and channels_last:
-            small = Image.fromarray(arr, "RGB").resize(size[::-1], Image.Resampling.BILINEAR)
-            out.append(np.asarray(small))
+            t8 = torch.from_numpy(arr).permute(2, 0, 1)[None]  # channels-last uint8: fast path
+            small = F.interpolate(t8, size=size, mode="bilinear", antialias=True)
+            out.append(small[0].permute(1, 2, 0).numpy())
             continue
         t = torch.from_numpy(np.ascontiguousarray(unit_float(arr), dtype=np.float32))
         t = t.permute(2, 0, 1) if channels_last else t

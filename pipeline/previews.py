@@ -44,7 +44,7 @@ def previews(
                 out[size, side] = colour_jpeg
                 continue
             small = image.copy()
-            small.thumbnail((longest, longest), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            small.thumbnail((longest, longest), Image.Resampling.LANCZOS, reducing_gap=1.5)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=QUALITY[size])
             out[size, side] = buf.getvalue()

@@ -26,7 +26,7 @@ from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.shards import Shard
-from pipeline.worker import ColorizeOptions, ShardColorizer
+from pipeline.worker import WORKER_ENV, ColorizeOptions, ShardColorizer
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "colorizer-{run}-{index}"  # unique per run: runs may share a cluster
@@ -115,6 +115,7 @@ def start_actor(spec: ActorSpec, slot: Slot, name: str) -> Any:
             max_restarts=spec.max_restarts,
             max_task_retries=0,  # our own retry below decides where a shard goes next
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
+            runtime_env={"env_vars": dict(WORKER_ENV)},
         )
         .remote(
             spec.model, spec.options, threads=slot.threads, s3_endpoint_url=spec.s3_endpoint_url

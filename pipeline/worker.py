@@ -40,6 +40,12 @@ from pipeline.shards import (
 )
 from pipeline.stats import ShardStats
 
+# Set in each worker process before torch loads (Ray's runtime_env): idle OpenMP threads sleep
+# rather than spin. The per-image work runs in our own threads beside torch's; spinning ones
+# took a quarter of a gray scan's CPU time and slowed the others (docs/benchmarks.md); the
+# forward itself measured the same either way.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
 
 @dataclass(frozen=True)
 class ColorizeOptions:

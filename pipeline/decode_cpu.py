@@ -1,0 +1,82 @@
+"""`models.decode`'s annealed mean and uncertainty, for logits on the CPU, in one vectorised
+pass over each pixel's Q logits (numba).
+
+In torch the two take about ten passes over an (N, Q, h, w) tensor, each allocating a fresh
+one: about 20 ms per image on one core, as much as the whole rest of a gray scan's path. Here
+each pixel's logits are read once; the exponentials are evaluated as (Taylor polynomial of
+x / 256) ** 256, which LLVM vectorises (a call to the C library's exp would keep the loop
+scalar), with a relative error under 1e-4 for the arguments used here (x in [-80, 0]).
+Results match `models.decode` within 1e-2 ab and 1e-4 uncertainty (tests/test_decode_cpu.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+f32 = np.float32
+_FLOOR = f32(-80.0)  # exp(-80) ~ 2e-35: nothing next to the largest term, exp(0) = 1
+
+
+@numba.njit(nogil=True, fastmath=True, inline="always")
+def _exp(x):
+    """exp(x) for x <= 0."""
+    y = max(x, _FLOOR) * f32(1.0 / 256.0)
+    p = f32(1.0) + y * (f32(1.0) + y * f32(1.0 / 2.0) * (f32(1.0) + y * f32(1.0 / 3.0) * (
+        f32(1.0) + y * f32(1.0 / 4.0) * (f32(1.0) + y * f32(1.0 / 5.0) * (
+            f32(1.0) + y * f32(1.0 / 6.0))))))  # fmt: skip
+    for _ in range(8):  # squared 8 times: p ** 256
+        p = p * p
+    return p
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _decode(logits, centers_a, centers_b, inverse_t, a_out, b_out, entropy_out):
+    """logits (P, Q) -> per pixel: annealed-mean a and b, and the entropy of softmax(logits)."""
+    for p in range(logits.shape[0]):
+        row = logits[p]
+        top = row[0]
+        for q in range(1, row.shape[0]):
+            top = max(top, row[q])
+        total = f32(0.0)
+        weighted = f32(0.0)  # sum of e * x: the entropy is log(total) - weighted / total
+        total_t = f32(0.0)
+        a = f32(0.0)
+        b = f32(0.0)
+        for q in range(row.shape[0]):
+            x = row[q] - top
+            e = _exp(x)
+            e_t = _exp(x * inverse_t)
+            total += e
+            weighted += e * x
+            total_t += e_t
+            a += e_t * centers_a[q]
+            b += e_t * centers_b[q]
+        entropy_out[p] = math.log(total) - weighted / total
+        a_out[p] = a / total_t
+        b_out[p] = b / total_t
+
+
+def decode(
+    logits: torch.Tensor, centers: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, Q, h, w) on the CPU -> (annealed-mean ab (N, 2, h, w), uncertainty (N,)), as
+    `models.decode.annealed_mean_from_logits` and `uncertainty`."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (0.38 is the paper's), got {temperature}")
+    n, q, h, w = logits.shape
+    # (N * h * w, Q): a view when the logits are channels-last, as `models.load` makes them
+    per_pixel = logits.detach().float().permute(0, 2, 3, 1).reshape(-1, q).contiguous().numpy()
+    centers_np = centers.detach().float().cpu().numpy()
+    a = np.empty(n * h * w, np.float32)
+    b = np.empty(n * h * w, np.float32)
+    entropy = np.empty(n * h * w, np.float32)
+    centers_a = np.ascontiguousarray(centers_np[:, 0])
+    centers_b = np.ascontiguousarray(centers_np[:, 1])
+    _decode(per_pixel, centers_a, centers_b, f32(1.0 / temperature), a, b, entropy)
+    ab = torch.from_numpy(np.stack([a, b]).reshape(2, n, h, w)).permute(1, 0, 2, 3)
+    doubt = torch.from_numpy(entropy.reshape(n, h * w).mean(axis=1) / math.log(q))
+    return ab, doubt
