@@ -40,6 +40,7 @@ class Decoded:
     ab: np.ndarray | None  # (2, H, W) float32, the true ab of that colour
     bit_depth: int  # 8 or 16
     metadata: dict[str, Any] = field(default_factory=dict)  # exif, dpi, xmp, iptc, icc_profile
+    plain_gray_jpeg: bool = False  # a gray JPEG shown as stored (no rotation): browsers can too
 
     @property
     def size(self) -> tuple[int, int]:
@@ -134,6 +135,8 @@ def _lightness_table(bits: int) -> np.ndarray:
 def decode_pil(img: Image.Image) -> Decoded:
     """A PIL image (already open) -> Decoded; see `decode_image`."""
     iptc = _iptc_records(img)  # before the transpose, which drops TIFF tags
+    upright = img.getexif().get(0x0112, 1) == 1
+    plain_gray_jpeg = img.format == "JPEG" and img.mode == "L" and upright
     img = ImageOps.exif_transpose(img) or img
     meta = _metadata(img, iptc)
     mode = img.mode
@@ -145,7 +148,8 @@ def decode_pil(img: Image.Image) -> Decoded:
         return Decoded(np.take(_lightness_table(16), levels), None, None, 16, meta)
     if mode in ("1", "L", "LA", "PA"):
         gray = img if mode == "L" else (img if mode == "1" else _flatten_alpha(img)).convert("L")
-        return Decoded(np.take(_lightness_table(8), np.asarray(gray)), None, None, 8, meta)
+        lightness = np.take(_lightness_table(8), np.asarray(gray))
+        return Decoded(lightness, None, None, 8, meta, plain_gray_jpeg)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
         rgb8 = np.asarray(_flatten_alpha(img))
     else:  # RGB, P, CMYK
@@ -198,8 +202,9 @@ def _srgb_icc() -> bytes:
 
 def rgb_to_pil(rgb: np.ndarray) -> Image.Image:
     """(H, W, 3) float in [0, 1], uint8, or uint16 -> 8-bit RGB PIL image."""
-    if rgb.dtype == np.uint8:
-        return Image.fromarray(rgb, "RGB")
+    if rgb.dtype == np.uint8:  # shares the array's memory (no copy)
+        rgb = np.ascontiguousarray(rgb)
+        return Image.frombuffer("RGB", rgb.shape[1::-1], rgb, "raw", "RGB", 0, 1)
     if rgb.dtype == np.uint16:
         return Image.fromarray((rgb >> 8).astype(np.uint8), "RGB")  # previews: 1 level at most
     return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")

@@ -29,22 +29,29 @@ def preview_uri(dest: str, size: str, shard: str, position: int, side: str) -> s
 def gray_and_colour(lightness: np.ndarray, rgb: np.ndarray) -> tuple[Image.Image, Image.Image]:
     """L (H, W) in [0, 100] and RGB (H, W, 3) (float in [0, 1], uint8 or uint16) -> (8-bit
     gray, 8-bit RGB) images."""
-    return Image.fromarray(lightness_to_gray8(lightness), "L"), rgb_to_pil(rgb)
+    gray = lightness_to_gray8(lightness)
+    return Image.frombuffer("L", gray.shape[::-1], gray, "raw", "L", 0, 1), rgb_to_pil(rgb)
 
 
 def previews(
-    gray: Image.Image, colour: Image.Image, colour_jpeg: bytes | None = None
+    gray: Image.Image,
+    colour: Image.Image,
+    colour_jpeg: bytes | None = None,
+    gray_jpeg: bytes | None = None,
 ) -> dict[tuple[str, str], bytes]:
-    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair. `colour_jpeg`,
-    the output's own JPEG, is the view of an output no larger than a view (not encoded twice)."""
+    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair. A JPEG given as
+    `colour_jpeg` (the output's own) or `gray_jpeg` (a gray input's own, shown as it is stored)
+    is the view of an image no larger than a view: not encoded twice."""
     out: dict[tuple[str, str], bytes] = {}
+    as_stored = {"in": gray_jpeg, "out": colour_jpeg}
     for size, longest in SIZES.items():
         for side, image in (("in", gray), ("out", colour)):
-            if side == "out" and colour_jpeg is not None and max(image.size) <= longest:
-                out[size, side] = colour_jpeg
+            stored = as_stored[side]
+            if stored is not None and max(image.size) <= longest:
+                out[size, side] = stored
                 continue
             small = image.copy()
-            small.thumbnail((longest, longest), Image.Resampling.LANCZOS, reducing_gap=1.5)
+            small.thumbnail((longest, longest), Image.Resampling.LANCZOS, reducing_gap=1.0)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=QUALITY[size])
             out[size, side] = buf.getvalue()

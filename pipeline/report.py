@@ -410,8 +410,9 @@ def sample_pair(gray: Image.Image, colour: Image.Image) -> Image.Image:
     the contact sheet."""
     width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
     pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
-    pair.paste(gray.convert("RGB").resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (0, 0))
-    pair.paste(colour.resize((width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS), (width, 0))
+    size, lanczos = (width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS
+    pair.paste(gray.resize(size, lanczos, reducing_gap=1.5).convert("RGB"), (0, 0))
+    pair.paste(colour.resize(size, lanczos, reducing_gap=1.5), (width, 0))
     return pair
 
 

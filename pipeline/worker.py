@@ -119,6 +119,7 @@ class _Item:
     error: tuple[str, str] | None = None  # (kind, message)
     ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
     pair: tuple[Image.Image, Image.Image] | None = None  # 8-bit (gray in, colour out)
+    source: bytes | None = None  # the input's bytes, where a browser shows them as they are
     uncertainty: float | None = None  # the network's, from the same forward (models.decode)
 
 
@@ -225,6 +226,8 @@ class ShardColorizer:
             if data is None:
                 raise ImageError("missing", "no image bytes in this row (null)")
             item.decoded = decode_image(data, self.options.max_pixels)
+            if item.decoded.plain_gray_jpeg:
+                item.source = data  # the gallery shows it as the input's view
         except ImageError as exc:
             item.error = (exc.kind, str(exc))
         except Exception as exc:  # a read failure of one file must not sink the shard
@@ -315,7 +318,7 @@ class ShardColorizer:
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
             data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
             item.pair = gray_and_colour(dec.lightness, rgb)
-            gallery = previews(*item.pair, data if fmt == "jpeg" else None)
+            gallery = previews(*item.pair, data if fmt == "jpeg" else None, item.source)
         except Exception as exc:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
         # outside the try: a storage fault fails the shard (which is retried), never the row
