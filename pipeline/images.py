@@ -202,9 +202,8 @@ def _srgb_icc() -> bytes:
 
 def rgb_to_pil(rgb: np.ndarray) -> Image.Image:
     """(H, W, 3) float in [0, 1], uint8, or uint16 -> 8-bit RGB PIL image."""
-    if rgb.dtype == np.uint8:  # shares the array's memory (no copy)
-        rgb = np.ascontiguousarray(rgb)
-        return Image.frombuffer("RGB", rgb.shape[1::-1], rgb, "raw", "RGB", 0, 1)
+    if rgb.dtype == np.uint8:
+        return Image.fromarray(rgb, "RGB")
     if rgb.dtype == np.uint16:
         return Image.fromarray((rgb >> 8).astype(np.uint8), "RGB")  # previews: 1 level at most
     return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
