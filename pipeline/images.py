@@ -200,13 +200,19 @@ def _srgb_icc() -> bytes:
     return SRGB_PROFILE
 
 
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """RGB as float in [0, 1], uint8, or uint16 -> uint8 (from 16 bits: the top byte, within
+    one level: for previews and metrics, never for output files)."""
+    if rgb.dtype == np.uint8:
+        return rgb
+    if rgb.dtype == np.uint16:
+        return (rgb >> 8).astype(np.uint8)
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def rgb_to_pil(rgb: np.ndarray) -> Image.Image:
     """(H, W, 3) float in [0, 1], uint8, or uint16 -> 8-bit RGB PIL image."""
-    if rgb.dtype == np.uint8:
-        return Image.fromarray(rgb, "RGB")
-    if rgb.dtype == np.uint16:
-        return Image.fromarray((rgb >> 8).astype(np.uint8), "RGB")  # previews: 1 level at most
-    return Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+    return Image.fromarray(to_uint8(rgb), "RGB")
 
 
 def encode_image(
@@ -266,7 +272,7 @@ def _encode_png16(rgb: np.ndarray, meta: dict[str, Any]) -> bytes:
     np.subtract(data[:, 6:], data[:, :-6], out=rows[:, 7:])
     header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes((16, 2, 0, 0, 0))
     chunks = [(b"IHDR", header), *_png_metadata_chunks(meta)]
-    chunks += [(b"IDAT", isal_zlib.compress(rows.tobytes(), 1)), (b"IEND", b"")]
+    chunks += [(b"IDAT", isal_zlib.compress(rows, 1)), (b"IEND", b"")]
     out = io.BytesIO()
     png.write_chunks(out, chunks)
     return out.getvalue()

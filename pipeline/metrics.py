@@ -48,9 +48,9 @@ def _opponent_sums(rgb, scale):
     """Flat RGB -> sums of rg, rg^2, yb, yb^2 (on 0-255), in one pass."""
     s_rg = s_rg2 = s_yb = s_yb2 = 0.0
     for k in range(rgb.shape[0] // 3):
-        r, g, b = rgb[3 * k] * scale, rgb[3 * k + 1] * scale, rgb[3 * k + 2] * scale
-        rg = r - g
-        yb = 0.5 * (r + g) - b
+        r, g, b = np.float64(rgb[3 * k]), np.float64(rgb[3 * k + 1]), np.float64(rgb[3 * k + 2])
+        rg = (r - g) * scale
+        yb = (0.5 * (r + g) - b) * scale
         s_rg += rg
         s_rg2 += rg * rg
         s_yb += yb
@@ -132,10 +132,10 @@ def image_metrics(
         rgb_pred, ab_pred, rgb_true, ab_true = downscale(
             max_side, rgb_pred, ab_pred, rgb_true, ab_true
         )
-    rgb_pred = unit_float(rgb_pred)
     out = {"colorfulness": colourfulness(rgb_pred)}
     if rgb_true is None or ab_true is None or ab_pred is None:
         return out
+    rgb_pred = unit_float(rgb_pred)
     out["psnr"] = psnr(rgb_pred, rgb_true)
     out["ssim"] = ssim(rgb_pred, rgb_true)
     out["auc"] = auc(ab_pred, ab_true)

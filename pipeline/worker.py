@@ -4,7 +4,7 @@ Like Ray's batch-inference examples, a callable class: `__init__` loads the mode
 device, `process(shard, dest)` maps a shard and returns its statistics (never pixels).
 Only the network runs batched on the calling thread; everything per image runs in a thread
 pool, overlapped with it: while the model works on batch i, threads decode batch i + 1 and
-finish (upsample ab, Lab -> RGB), score and encode batch i - 1.
+finish (upsample ab, Lab -> RGB), score, encode and make the gallery images of batch i - 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from PIL import Image
 import models
 from pipeline import storage
 from pipeline.colorize import PRECISIONS, finish, predict_low
-from pipeline.images import DEFAULT_MAX_PIXELS, Decoded, ImageError, decode_image, encode_image
+from pipeline.images import (
+    DEFAULT_MAX_PIXELS,
+    Decoded,
+    ImageError,
+    decode_image,
+    encode_image,
+    to_uint8,
+)
 from pipeline.metrics import image_metrics
 from pipeline.previews import gray_and_colour, previews, write_previews
 from pipeline.report import sample_pair, sample_strip
@@ -187,7 +194,7 @@ class ShardColorizer:
                 if pending_write is not None:
                     pending_write.result()  # at most one batch waits to be written
                 pending_write = self.writer_thread.submit(
-                    self._write, batch, items, encoded, writer, stats, samples, shard.name, dest
+                    self._write, batch, items, encoded, writer, stats, samples
                 )
             if pending_write is not None:
                 pending_write.result()
@@ -268,11 +275,10 @@ class ShardColorizer:
         writer: ShardWriter,
         stats: ShardStats,
         samples: list[Image.Image],
-        shard_name: str,
-        dest: str,
     ) -> None:
-        """One row group per batch, in input order, and the rows' gallery images (runs on the
-        single writer thread; all before the stats file commits the shard)."""
+        """One row group per batch, in input order (runs on the single writer thread; each
+        row's gallery images were written by its `_encode`, all before the stats file commits
+        the shard)."""
         cols: dict[str, list[Any]] = {name: [] for name in OUTPUT_SCHEMA.names}
         for item, future in zip(items, encoded, strict=True):
             done = future.result()
@@ -310,14 +316,15 @@ class ShardColorizer:
         finally:
             item.ab_low = None
         try:
+            rgb8 = to_uint8(rgb)  # the 16-bit output's previews and metrics use 8 bits
             metrics = image_metrics(
-                rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
+                rgb8, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
             )
             if item.uncertainty is not None:
                 metrics["uncertainty"] = item.uncertainty
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
             data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
-            item.pair = gray_and_colour(dec.lightness, rgb)
+            item.pair = gray_and_colour(dec.lightness, rgb8)
             gallery = previews(*item.pair, data if fmt == "jpeg" else None, item.source)
         except Exception as exc:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
