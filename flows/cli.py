@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.colorize import PRECISIONS
 from pipeline.images import DEFAULT_MAX_PIXELS
 
 DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     col.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=tuple(PRECISIONS),
         default="fp32",
         help="the network's number type: bf16/fp16 (autocast) on CUDA workers only (default fp32)",
     )

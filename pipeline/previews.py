@@ -29,8 +29,7 @@ def preview_uri(dest: str, size: str, shard: str, position: int, side: str) -> s
 def gray_and_colour(lightness: np.ndarray, rgb: np.ndarray) -> tuple[Image.Image, Image.Image]:
     """L (H, W) in [0, 100] and RGB (H, W, 3) (float in [0, 1], uint8 or uint16) -> (8-bit
     gray, 8-bit RGB) images."""
-    gray = lightness_to_gray8(lightness)
-    return Image.frombuffer("L", gray.shape[::-1], gray, "raw", "L", 0, 1), rgb_to_pil(rgb)
+    return Image.fromarray(lightness_to_gray8(lightness), "L"), rgb_to_pil(rgb)
 
 
 def previews(
