@@ -147,7 +147,9 @@ def decode_pil(img: Image.Image) -> Decoded:
         levels = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
         return Decoded(np.take(_lightness_table(16), levels), None, None, 16, meta)
     if mode in ("1", "L", "LA", "PA"):
-        gray = img if mode == "L" else (img if mode == "1" else _flatten_alpha(img)).convert("L")
+        if mode in ("LA", "PA"):
+            img = _flatten_alpha(img)
+        gray = img if img.mode == "L" else img.convert("L")
         lightness = np.take(_lightness_table(8), np.asarray(gray))
         return Decoded(lightness, None, None, 8, meta, plain_gray_jpeg)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):

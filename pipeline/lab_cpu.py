@@ -41,18 +41,13 @@ _XYZ_FROM_RGB = np.array(
     [(0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227)]
 )
 _WHITE = np.array([0.95047, 1.0, 1.08883])
+# unpacked into float32 scalars: numba folds them in as constants
 (_A00, _A01, _A02), (_A10, _A11, _A12), (_A20, _A21, _A22) = (
-    (_XYZ_FROM_RGB / _WHITE[:, None]).astype(f32).tolist()
-)
+    _XYZ_FROM_RGB / _WHITE[:, None]
+).astype(f32)
 (_B00, _B01, _B02), (_B10, _B11, _B12), (_B20, _B21, _B22) = (
-    (np.linalg.inv(_XYZ_FROM_RGB) * _WHITE[None, :]).astype(f32).tolist()
-)
-_A00, _A01, _A02, _A10, _A11, _A12, _A20, _A21, _A22 = map(
-    f32, (_A00, _A01, _A02, _A10, _A11, _A12, _A20, _A21, _A22)
-)
-_B00, _B01, _B02, _B10, _B11, _B12, _B20, _B21, _B22 = map(
-    f32, (_B00, _B01, _B02, _B10, _B11, _B12, _B20, _B21, _B22)
-)
+    np.linalg.inv(_XYZ_FROM_RGB) * _WHITE[None, :]
+).astype(f32)
 _ZERO, _ONE = f32(0.0), f32(1.0)
 _KNEE_GAMMA, _KNEE_CBRT, _KNEE_LINEAR, _KNEE_CUBE = map(
     f32, (0.0031308, 0.008856, 0.04045, 0.2068966)
