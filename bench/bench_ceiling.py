@@ -135,10 +135,11 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
         )
         jpeg = out if fmt == "jpeg" else None
         source = blob if dec.plain_gray_jpeg else None
+        low = ab_low[0].numpy()
         timed(
             "gallery previews",
-            lambda d=dec, r=rgb8, j=jpeg, s=source: previews(
-                *gray_and_colour(d.lightness, r), j, s
+            lambda d=dec, r=rgb8, a=low, j=jpeg, s=source: previews(
+                *gray_and_colour(d.lightness, r), a, j, s
             ),
         )
     return {name: 1000 * seconds / len(files) for name, seconds in totals.items()}

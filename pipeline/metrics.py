@@ -124,17 +124,20 @@ def image_metrics(
     """All metrics for one image. Ground-truth metrics only where ground truth is given.
     `rgb_pred` is float in [0, 1], uint8 or uint16; `ab_pred` may be None without ground truth.
 
-    `max_side` > 0 scores a copy downscaled (area-averaged) so that its longer side is at most
-    that: colour is predicted at 1/4 of 256 px, so AuC and colourfulness barely move, while
-    SSIM on a 12-megapixel scan would cost more than the colorization itself.
+    `max_side` > 0 scores PSNR, SSIM and AuC on a copy downscaled (area-averaged) so that its
+    longer side is at most that: colour is predicted at 1/4 of 256 px, so they barely move,
+    while SSIM on a 12-megapixel scan would cost more than the colorization itself.
+    Colourfulness (two sums per pixel) is always taken at full size: one pass over the image
+    costs less than making the copy.
     """
+    out = {"colorfulness": colourfulness(rgb_pred)}  # one pass at full size: cheaper than a copy
+    if rgb_true is None or ab_true is None or ab_pred is None:
+        return out
+    out["colorfulness_delta"] = out["colorfulness"] - colourfulness(rgb_true)
     if max_side > 0 and max(rgb_pred.shape[:2]) > max_side:
         rgb_pred, ab_pred, rgb_true, ab_true = downscale(
             max_side, rgb_pred, ab_pred, rgb_true, ab_true
         )
-    out = {"colorfulness": colourfulness(rgb_pred)}
-    if rgb_true is None or ab_true is None or ab_pred is None:
-        return out
     rgb_pred = unit_float(rgb_pred)
     out["psnr"] = psnr(rgb_pred, rgb_true)
     out["ssim"] = ssim(rgb_pred, rgb_true)
@@ -143,5 +146,4 @@ def image_metrics(
         out["auc_rebalanced"] = auc(
             ab_pred, ab_true, inverse_prior_weights(ab_true, centers, prior)
         )
-    out["colorfulness_delta"] = out["colorfulness"] - colourfulness(rgb_true)
     return out

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.images import rgb_to_pil
-from pipeline.lab_cpu import lightness_to_gray8
+from pipeline.lab_cpu import join_lab, lightness_to_gray8
 
 GALLERY_DIR = "gallery"
 SIZES = {"thumbs": 192, "view": 1024}
@@ -32,29 +32,49 @@ def gray_and_colour(lightness: np.ndarray, rgb: np.ndarray) -> tuple[Image.Image
     return Image.fromarray(lightness_to_gray8(lightness), "L"), rgb_to_pil(rgb)
 
 
+def fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(width, height) scaled, aspect kept, to fit in a `longest` square (never enlarged)."""
+    width, height = size
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def previews(
     gray: Image.Image,
     colour: Image.Image,
+    ab_low: np.ndarray,
     colour_jpeg: bytes | None = None,
     gray_jpeg: bytes | None = None,
 ) -> dict[tuple[str, str], bytes]:
-    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair. A JPEG given as
-    `colour_jpeg` (the output's own) or `gray_jpeg` (a gray input's own, shown as it is stored)
-    is the view of an image no larger than a view: not encoded twice."""
+    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair and the network's
+    ab (2, h, w). A JPEG given as `colour_jpeg` (the output's own) or `gray_jpeg` (a gray
+    input's own, shown as it is stored) is the view of an image no larger than a view: not
+    encoded twice. The colour thumbnail is the gray one's L joined with the same ab: the output's
+    colour at a thumbnail's pixels, rather than a filter over all of the output's."""
     out: dict[tuple[str, str], bytes] = {}
-    as_stored = {"in": gray_jpeg, "out": colour_jpeg}
-    for size, longest in SIZES.items():
-        for side, image in (("in", gray), ("out", colour)):
-            stored = as_stored[side]
-            if stored is not None and max(image.size) <= longest:
-                out[size, side] = stored
-                continue
-            small = image.copy()
-            small.thumbnail((longest, longest), Image.Resampling.LANCZOS, reducing_gap=1.0)
-            buf = io.BytesIO()
-            small.save(buf, "JPEG", quality=QUALITY[size])
-            out[size, side] = buf.getvalue()
+    longest = SIZES["view"]
+    for side, image, stored in (("in", gray, gray_jpeg), ("out", colour, colour_jpeg)):
+        if stored is not None and max(image.size) <= longest:
+            out["view", side] = stored
+        else:
+            out["view", side] = _jpeg(_shrink(image, longest), QUALITY["view"])
+    gray_small = _shrink(gray, SIZES["thumbs"])
+    lightness = np.asarray(gray_small, np.float32) * np.float32(100 / 255)  # gray8 is L * 2.55
+    rgb, _ = join_lab(lightness, ab_low, np.uint8)
+    out["thumbs", "in"] = _jpeg(gray_small, QUALITY["thumbs"])
+    out["thumbs", "out"] = _jpeg(Image.fromarray(rgb, "RGB"), QUALITY["thumbs"])
     return out
+
+
+def _shrink(image: Image.Image, longest: int) -> Image.Image:
+    """As Image.thumbnail, without its full-size copy."""
+    return image.resize(fit(image.size, longest), Image.Resampling.LANCZOS, reducing_gap=1.0)
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def write_previews(

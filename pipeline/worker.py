@@ -9,6 +9,7 @@ finish (upsample ab, Lab -> RGB), score, encode and make the gallery images of b
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -166,6 +167,10 @@ class ShardColorizer:
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
         self.writer_thread = ThreadPoolExecutor(1, thread_name_prefix="writer")
         self.node = node_label()
+        # what is loaded by now (modules, the model) lives as long as the worker: frozen, the
+        # cyclic collector stops walking it on every collection (it was ~9% of a gray scan's
+        # CPU time, docs/benchmarks.md)
+        gc.freeze()
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "device": str(self.device), "model": self.model_id,
@@ -311,6 +316,7 @@ class ShardColorizer:
         dtype = np.uint16 if dec.bit_depth == 16 else np.uint8
         try:
             rgb, ab = finish(dec.lightness, item.ab_low, dtype, keep_ab=dec.ab is not None)
+            ab_low = item.ab_low.cpu().numpy()  # (2, h, w): a few KB, for the thumbnails
         except Exception as exc:  # e.g. out of memory on a huge scan
             return _Encoded(None, {}, ("inference", f"{type(exc).__name__}: {exc}"))
         finally:
@@ -322,10 +328,11 @@ class ShardColorizer:
             )
             if item.uncertainty is not None:
                 metrics["uncertainty"] = item.uncertainty
-            fmt = "png" if dec.bit_depth == 16 else self.options.output_format
-            data = encode_image(rgb, fmt, self.options.quality, dec.bit_depth, dec.metadata)
             item.pair = gray_and_colour(dec.lightness, rgb8)
-            gallery = previews(*item.pair, data if fmt == "jpeg" else None, item.source)
+            fmt = "png" if dec.bit_depth == 16 else self.options.output_format
+            pixels = rgb if dec.bit_depth == 16 else item.pair[1]  # 8 bits: the same PIL image
+            data = encode_image(pixels, fmt, self.options.quality, dec.bit_depth, dec.metadata)
+            gallery = previews(*item.pair, ab_low, data if fmt == "jpeg" else None, item.source)
         except Exception as exc:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
         # outside the try: a storage fault fails the shard (which is retried), never the row

@@ -15,6 +15,7 @@ _SESSION_DIR = tempfile.mkdtemp(prefix="archive-colorize-tests-")
 os.environ.setdefault("PREFECT_HOME", os.path.join(_SESSION_DIR, "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # as flows/
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray's socket paths must stay under 107 bytes: a short private dir
 os.environ.setdefault("ARCHIVE_COLORIZE_RAY_TEMP", tempfile.mkdtemp(prefix="acr", dir="/tmp"))
