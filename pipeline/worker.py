@@ -9,6 +9,7 @@ finish (upsample ab, Lab -> RGB), score, encode and make the gallery images of b
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import json
@@ -87,6 +88,19 @@ class ColorizeOptions:
             raise ValueError(f"--precision must be one of {choices}, got {self.precision!r}")
 
 
+def keep_freed_memory() -> None:
+    """glibc's malloc: blocks up to 32 MB from the heap, and freed memory kept for reuse. By
+    default a 1024-px image's 4 MB arrays were mapped afresh for every image and zero-filled by
+    the kernel (about 5% of a gray scan's CPU time). Elsewhere than glibc, nothing changes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -149,6 +163,7 @@ class ShardColorizer:
         s3_endpoint_url: str | None = None,
     ) -> None:
         storage.configure(s3_endpoint_url)
+        keep_freed_memory()
         self.options = options or ColorizeOptions()
         self.options.validate()
         self.device = torch.device(device) if device else pick_device()
