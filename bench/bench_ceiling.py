@@ -8,7 +8,7 @@ in one run, on 1024-px gray JPEG scans, 1024-px colour photos (with ground-truth
 
 1. the whole shard path (`ShardColorizer.process`: read, decode, forward, finish, metrics,
    gallery previews, encode, write), with its threads: images/s and core-ms per image (CPU
-   time of the process / images);
+   time of the process / images), the best of three passes;
 2. the per-image stages one by one on one thread: core-ms each.
 
     python bench/bench_ceiling.py [--images 24] [--threads 2]
@@ -40,6 +40,7 @@ from pipeline.colorize import finish, predict_low
 from pipeline.images import decode_image, encode_image, to_uint8
 from pipeline.metrics import image_metrics
 from pipeline.previews import gray_and_colour, previews
+from pipeline.resize_cpu import shrink
 from pipeline.shards import list_shards
 from pipeline.worker import ShardColorizer
 
@@ -136,10 +137,11 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
         jpeg = out if fmt == "jpeg" else None
         source = blob if dec.plain_gray_jpeg else None
         low = ab_low[0].numpy()
+        small = shrink(dec.lightness, (model.working_size, model.working_size))  # the net's input
         timed(
             "gallery previews",
-            lambda d=dec, r=rgb8, a=low, j=jpeg, s=source: previews(
-                *gray_and_colour(d.lightness, r), a, j, s
+            lambda d=dec, r=rgb8, a=low, w=small, j=jpeg, s=source: previews(
+                *gray_and_colour(d.lightness, r), a, w, j, s
             ),
         )
     return {name: 1000 * seconds / len(files) for name, seconds in totals.items()}
@@ -150,6 +152,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="images per 1024-px archive")
     parser.add_argument("--tiffs", type=int, default=4, help="4000x3000 16-bit TIFF scans")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--passes", type=int, default=3, help="whole-path passes; the best counts")
     args = parser.parse_args()
     worker = ShardColorizer("default", threads=args.threads, device="cpu")
     worker.model.net = NullNet(worker.model.num_bins)
@@ -164,7 +167,9 @@ def main() -> None:
             # a first small archive of the kind: one-time costs (kernels compiled or loaded,
             # codecs set up) stay out of the figures, as they would over a long run
             whole_path(worker, Path(tmp) / f"warm-{i}", dict(list(files.items())[:2]))
-            rate, core_ms = whole_path(worker, Path(tmp) / str(i), files)
+            # best of `passes`: a shared machine's noise only ever adds time
+            passes = [whole_path(worker, Path(tmp) / f"{i}-{p}", files) for p in range(args.passes)]
+            rate, core_ms = min(passes, key=lambda figures: figures[1])
             per_core = 1000 / core_ms
             print(f"\n{name}: {len(files)} images")
             print(f"  whole shard path: {rate:6.1f} images/s, {core_ms:7.1f} core-ms/image "

@@ -54,13 +54,25 @@ def predict_low(
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size and each
-    image's uncertainty (N,), on its device. `precision` "bf16"/"fp16" runs the network (not
-    the decoding) in that type under autocast, on CUDA only: on this project's CPUs bf16 is
-    hundreds of times slower than fp32, so a CPU keeps fp32.
+    image's uncertainty (N,), on its device: `working_batch`, then `predict_working`.
 
     The batched step; `finish` then works image by image (a worker runs it in its threads).
     """
     batch = working_batch(lightness, model.working_size, model.device)
+    return predict_working(model, batch, temperature, precision)
+
+
+@torch.inference_mode()
+def predict_working(
+    model: Colorizer,
+    batch: torch.Tensor,
+    temperature: float | None = None,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's input (N, 1, s, s) on its device -> (ab (N, 2, h, w), uncertainty (N,)).
+    `precision` "bf16"/"fp16" runs the network (not the decoding) in that type under autocast,
+    on CUDA only: on this project's CPUs bf16 is hundreds of times slower than fp32, so a CPU
+    keeps fp32."""
     dtype = PRECISIONS[precision]
     on_cuda = model.device.type == "cuda"
     with torch.autocast("cuda", dtype=dtype, enabled=on_cuda and dtype is not None):

@@ -137,7 +137,8 @@ def decode_pil(img: Image.Image) -> Decoded:
     iptc = _iptc_records(img)  # before the transpose, which drops TIFF tags
     upright = img.getexif().get(0x0112, 1) == 1
     plain_gray_jpeg = img.format == "JPEG" and img.mode == "L" and upright
-    img = ImageOps.exif_transpose(img) or img
+    if not upright:  # (exif_transpose copies an upright image whole)
+        img = ImageOps.exif_transpose(img) or img
     meta = _metadata(img, iptc)
     mode = img.mode
     if mode not in SUPPORTED_MODES:

@@ -17,6 +17,8 @@ docs/benchmarks.md). Every kernel releases the GIL: a worker's threads run one i
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numpy.polynomial import chebyshev
@@ -200,6 +202,7 @@ def lab_to_rgb(
     return out.reshape(height, width, 3)
 
 
+@functools.lru_cache(maxsize=64)
 def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """torch's bilinear (align_corners=False) source pixels and weight, per output pixel."""
     src = (np.arange(out_size, dtype=np.float32) + f32(0.5)) * f32(in_size / out_size) - f32(0.5)

@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline import storage
 from pipeline.images import rgb_to_pil
 from pipeline.lab_cpu import join_lab, lightness_to_gray8
+from pipeline.resize_cpu import shrink
 
 GALLERY_DIR = "gallery"
 SIZES = {"thumbs": 192, "view": 1024}
@@ -43,14 +44,16 @@ def previews(
     gray: Image.Image,
     colour: Image.Image,
     ab_low: np.ndarray,
+    lightness_small: np.ndarray,
     colour_jpeg: bytes | None = None,
     gray_jpeg: bytes | None = None,
 ) -> dict[tuple[str, str], bytes]:
-    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair and the network's
-    ab (2, h, w). A JPEG given as `colour_jpeg` (the output's own) or `gray_jpeg` (a gray
-    input's own, shown as it is stored) is the view of an image no larger than a view: not
-    encoded twice. The colour thumbnail is the gray one's L joined with the same ab: the output's
-    colour at a thumbnail's pixels, rather than a filter over all of the output's."""
+    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair, the network's ab
+    (2, h, w) and its input L (s, s). A JPEG given as `colour_jpeg` (the output's own) or
+    `gray_jpeg` (a gray input's own, shown as it is stored) is the view of an image no larger
+    than a view: not encoded twice. The thumbnails are made from what the network saw: its
+    input L shrunk to a thumbnail, joined with its ab, i.e. the output's colour at a thumbnail's
+    pixels (rather than a filter over all of the output's)."""
     out: dict[tuple[str, str], bytes] = {}
     longest = SIZES["view"]
     for side, image, stored in (("in", gray, gray_jpeg), ("out", colour, colour_jpeg)):
@@ -58,10 +61,12 @@ def previews(
             out["view", side] = stored
         else:
             out["view", side] = _jpeg(_shrink(image, longest), QUALITY["view"])
-    gray_small = _shrink(gray, SIZES["thumbs"])
-    lightness = np.asarray(gray_small, np.float32) * np.float32(100 / 255)  # gray8 is L * 2.55
+    width, height = fit(gray.size, SIZES["thumbs"])
+    lightness = shrink(lightness_small, (height, width))
     rgb, _ = join_lab(lightness, ab_low, np.uint8)
-    out["thumbs", "in"] = _jpeg(gray_small, QUALITY["thumbs"])
+    out["thumbs", "in"] = _jpeg(
+        Image.fromarray(lightness_to_gray8(lightness), "L"), QUALITY["thumbs"]
+    )
     out["thumbs", "out"] = _jpeg(Image.fromarray(rgb, "RGB"), QUALITY["thumbs"])
     return out
 

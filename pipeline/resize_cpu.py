@@ -7,6 +7,8 @@ to it within float rounding (tests/test_resize_cpu.py).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -14,6 +16,7 @@ f32 = np.float32
 _jit = numba.njit(nogil=True, fastmath=True, cache=True)
 
 
+@functools.lru_cache(maxsize=64)  # archives repeat a few sizes; callers never write to them
 def filter_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output pixel: the first source pixel, how many it reads, and their weights (padded
     to the widest), as torch computes them for antialiased bilinear, align_corners=False."""

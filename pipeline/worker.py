@@ -27,7 +27,7 @@ from PIL import Image
 
 import models
 from pipeline import storage
-from pipeline.colorize import PRECISIONS, finish, predict_low
+from pipeline.colorize import PRECISIONS, finish, predict_low, predict_working, working_batch
 from pipeline.images import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -140,6 +140,7 @@ class _Item:
     decoded: Decoded | None = None
     error: tuple[str, str] | None = None  # (kind, message)
     ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
+    working: torch.Tensor | None = None  # the network's input L (s, s): the thumbnails' L
     pair: tuple[Image.Image, Image.Image] | None = None  # 8-bit (gray in, colour out)
     source: bytes | None = None  # the input's bytes, where a browser shows them as they are
     uncertainty: float | None = None  # the network's, from the same forward (models.decode)
@@ -268,8 +269,9 @@ class ShardColorizer:
             return
         try:
             lightness = [it.decoded.lightness for it in ready]  # type: ignore[union-attr]
-            ab_low, uncertainty = predict_low(
-                self.model, lightness, self.options.temperature, self.options.precision
+            batch = working_batch(lightness, self.model.working_size, self.model.device)
+            ab_low, uncertainty = predict_working(
+                self.model, batch, self.options.temperature, self.options.precision
             )
         except Exception:
             if len(ready) == 1:
@@ -277,8 +279,8 @@ class ShardColorizer:
             for it in ready:  # one bad image (e.g. out of memory) must not fail its neighbours
                 self._infer_one(it)
             return
-        for it, ab, u in zip(ready, ab_low, uncertainty.tolist(), strict=True):
-            it.ab_low, it.uncertainty = ab, u
+        for it, ab, small, u in zip(ready, ab_low, batch[:, 0], uncertainty.tolist(), strict=True):
+            it.ab_low, it.working, it.uncertainty = ab, small, u
 
     def _infer_one(self, item: _Item) -> None:
         try:
@@ -331,11 +333,12 @@ class ShardColorizer:
         dtype = np.uint16 if dec.bit_depth == 16 else np.uint8
         try:
             rgb, ab = finish(dec.lightness, item.ab_low, dtype, keep_ab=dec.ab is not None)
-            ab_low = item.ab_low.cpu().numpy()  # (2, h, w): a few KB, for the thumbnails
+            # the network's ab and input L are a thumbnail's worth of pixels: they make both
+            ab_low, working = item.ab_low.cpu().numpy(), item.working.cpu().numpy()  # type: ignore[union-attr]
         except Exception as exc:  # e.g. out of memory on a huge scan
             return _Encoded(None, {}, ("inference", f"{type(exc).__name__}: {exc}"))
         finally:
-            item.ab_low = None
+            item.ab_low = item.working = None
         try:
             rgb8 = to_uint8(rgb)  # the 16-bit output's previews and metrics use 8 bits
             metrics = image_metrics(
@@ -347,7 +350,9 @@ class ShardColorizer:
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
             pixels = rgb if dec.bit_depth == 16 else item.pair[1]  # 8 bits: the same PIL image
             data = encode_image(pixels, fmt, self.options.quality, dec.bit_depth, dec.metadata)
-            gallery = previews(*item.pair, ab_low, data if fmt == "jpeg" else None, item.source)
+            gallery = previews(
+                *item.pair, ab_low, working, data if fmt == "jpeg" else None, item.source
+            )
         except Exception as exc:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
         # outside the try: a storage fault fails the shard (which is retried), never the row
