@@ -37,9 +37,9 @@ from torch import Tensor, nn
 
 import models
 from pipeline.colorize import finish, predict_low
-from pipeline.images import decode_image, encode_image, to_uint8
+from pipeline.images import decode_image, encode_image, rgb_to_pil, to_uint8
 from pipeline.metrics import image_metrics
-from pipeline.previews import gray_and_colour, previews
+from pipeline.previews import previews
 from pipeline.resize_cpu import shrink
 from pipeline.shards import list_shards
 from pipeline.worker import ShardColorizer
@@ -141,7 +141,7 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
         timed(
             "gallery previews",
             lambda d=dec, r=rgb8, a=low, w=small, j=jpeg, s=source: previews(
-                *gray_and_colour(d.lightness, r), a, w, j, s
+                d.lightness, rgb_to_pil(r), a, w, j, s
             ),
         )
     return {name: 1000 * seconds / len(files) for name, seconds in totals.items()}

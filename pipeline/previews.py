@@ -27,9 +27,11 @@ def preview_uri(dest: str, size: str, shard: str, position: int, side: str) -> s
     return storage.join(dest, GALLERY_DIR, size, shard, f"{position:06d}-{side}.jpg")
 
 
-def gray_and_colour(lightness: np.ndarray, rgb: np.ndarray) -> tuple[Image.Image, Image.Image]:
-    """L (H, W) in [0, 100] and RGB (H, W, 3) (float in [0, 1], uint8 or uint16) -> (8-bit
-    gray, 8-bit RGB) images."""
+def gray_and_colour(
+    lightness: np.ndarray, rgb: np.ndarray | Image.Image
+) -> tuple[Image.Image, Image.Image]:
+    """L (H, W) in [0, 100] and RGB (H, W, 3) (float in [0, 1], uint8 or uint16, or an 8-bit
+    RGB image) -> (8-bit gray, 8-bit RGB) images."""
     return Image.fromarray(lightness_to_gray8(lightness), "L"), rgb_to_pil(rgb)
 
 
@@ -41,32 +43,35 @@ def fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
 
 
 def previews(
-    gray: Image.Image,
+    lightness: np.ndarray,
     colour: Image.Image,
     ab_low: np.ndarray,
     lightness_small: np.ndarray,
     colour_jpeg: bytes | None = None,
     gray_jpeg: bytes | None = None,
 ) -> dict[tuple[str, str], bytes]:
-    """{(size, side): JPEG bytes} for one image, from `gray_and_colour`'s pair, the network's ab
-    (2, h, w) and its input L (s, s). A JPEG given as `colour_jpeg` (the output's own) or
-    `gray_jpeg` (a gray input's own, shown as it is stored) is the view of an image no larger
-    than a view: not encoded twice. The thumbnails are made from what the network saw: its
-    input L shrunk to a thumbnail, joined with its ab, i.e. the output's colour at a thumbnail's
-    pixels (rather than a filter over all of the output's)."""
+    """{(size, side): JPEG bytes} for one image, from its L (H, W), its 8-bit colour output,
+    the network's ab (2, h, w) and its input L (s, s). A JPEG given as `colour_jpeg` (the
+    output's own) or `gray_jpeg` (a gray input's own, shown as it is stored) is the view of an
+    image no larger than a view: not encoded twice. The thumbnails are made from what the
+    network saw: its input L shrunk to a thumbnail, joined with its ab, i.e. the output's colour
+    at a thumbnail's pixels (rather than a filter over all of the output's)."""
     out: dict[tuple[str, str], bytes] = {}
     longest = SIZES["view"]
-    for side, image, stored in (("in", gray, gray_jpeg), ("out", colour, colour_jpeg)):
-        if stored is not None and max(image.size) <= longest:
-            out["view", side] = stored
-        else:
-            out["view", side] = _jpeg(_shrink(image, longest), QUALITY["view"])
-    width, height = fit(gray.size, SIZES["thumbs"])
-    lightness = shrink(lightness_small, (height, width))
-    rgb, _ = join_lab(lightness, ab_low, np.uint8)
-    out["thumbs", "in"] = _jpeg(
-        Image.fromarray(lightness_to_gray8(lightness), "L"), QUALITY["thumbs"]
-    )
+    small_enough = max(colour.size) <= longest
+    if gray_jpeg is not None and small_enough:
+        out["view", "in"] = gray_jpeg
+    else:
+        gray = Image.fromarray(lightness_to_gray8(lightness), "L")
+        out["view", "in"] = _jpeg(_shrink(gray, longest), QUALITY["view"])
+    if colour_jpeg is not None and small_enough:
+        out["view", "out"] = colour_jpeg
+    else:
+        out["view", "out"] = _jpeg(_shrink(colour, longest), QUALITY["view"])
+    width, height = fit(colour.size, SIZES["thumbs"])
+    thumb = shrink(lightness_small, (height, width))
+    rgb, _ = join_lab(thumb, ab_low, np.uint8)
+    out["thumbs", "in"] = _jpeg(Image.fromarray(lightness_to_gray8(thumb), "L"), QUALITY["thumbs"])
     out["thumbs", "out"] = _jpeg(Image.fromarray(rgb, "RGB"), QUALITY["thumbs"])
     return out
 

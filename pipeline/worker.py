@@ -34,6 +34,7 @@ from pipeline.images import (
     ImageError,
     decode_image,
     encode_image,
+    rgb_to_pil,
     to_uint8,
 )
 from pipeline.metrics import image_metrics
@@ -141,7 +142,7 @@ class _Item:
     error: tuple[str, str] | None = None  # (kind, message)
     ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
     working: torch.Tensor | None = None  # the network's input L (s, s): the thumbnails' L
-    pair: tuple[Image.Image, Image.Image] | None = None  # 8-bit (gray in, colour out)
+    colour: Image.Image | None = None  # the 8-bit RGB output (files, previews, samples)
     source: bytes | None = None  # the input's bytes, where a browser shows them as they are
     uncertainty: float | None = None  # the network's, from the same forward (models.decode)
 
@@ -318,8 +319,9 @@ class ShardColorizer:
             cols["model"].append(self.model_id)
             if error is None:
                 stats.add_ok(metrics)
-                if len(samples) < self.options.samples_per_shard and item.pair is not None:
-                    samples.append(sample_pair(*item.pair))
+                if len(samples) < self.options.samples_per_shard and item.colour is not None:
+                    lightness = item.decoded.lightness  # type: ignore[union-attr]
+                    samples.append(sample_pair(*gray_and_colour(lightness, item.colour)))
             else:
                 stats.add_error(error[0])
         writer.write(cols, batch.metadata)
@@ -346,12 +348,17 @@ class ShardColorizer:
             )
             if item.uncertainty is not None:
                 metrics["uncertainty"] = item.uncertainty
-            item.pair = gray_and_colour(dec.lightness, rgb8)
+            item.colour = rgb_to_pil(rgb8)
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
-            pixels = rgb if dec.bit_depth == 16 else item.pair[1]  # 8 bits: the same PIL image
+            pixels = rgb if dec.bit_depth == 16 else item.colour  # 8 bits: the same PIL image
             data = encode_image(pixels, fmt, self.options.quality, dec.bit_depth, dec.metadata)
             gallery = previews(
-                *item.pair, ab_low, working, data if fmt == "jpeg" else None, item.source
+                dec.lightness,
+                item.colour,
+                ab_low,
+                working,
+                data if fmt == "jpeg" else None,
+                item.source,
             )
         except Exception as exc:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
