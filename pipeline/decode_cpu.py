@@ -34,13 +34,12 @@ def _exp(x):
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
-def _decode(logits, centers_a, centers_b, inverse_t, a_out, b_out, entropy_out):
-    """logits (P, Q) -> per pixel: annealed-mean a and b, and the entropy of softmax(logits)."""
+def _decode(logits, tops, centers_a, centers_b, inverse_t, a_out, b_out, entropy_out):
+    """logits (P, Q) and each row's largest -> per pixel: annealed-mean a and b, and the
+    entropy of softmax(logits)."""
     for p in range(logits.shape[0]):
         row = logits[p]
-        top = row[0]
-        for q in range(1, row.shape[0]):
-            top = max(top, row[q])
+        top = tops[p]
         total = f32(0.0)
         weighted = f32(0.0)  # sum of e * x: the entropy is log(total) - weighted / total
         total_t = f32(0.0)
@@ -76,7 +75,9 @@ def decode(
     entropy = np.empty(n * h * w, np.float32)
     centers_a = np.ascontiguousarray(centers_np[:, 0])
     centers_b = np.ascontiguousarray(centers_np[:, 1])
-    _decode(per_pixel, centers_a, centers_b, f32(1.0 / temperature), a, b, entropy)
+    # each pixel's largest logit by torch: LLVM leaves a max reduction scalar (3x slower)
+    tops = torch.from_numpy(per_pixel).amax(dim=1).numpy()
+    _decode(per_pixel, tops, centers_a, centers_b, f32(1.0 / temperature), a, b, entropy)
     ab = torch.from_numpy(np.stack([a, b]).reshape(2, n, h, w)).permute(1, 0, 2, 3)
     doubt = torch.from_numpy(entropy.reshape(n, h * w).mean(axis=1) / math.log(q))
     return ab, doubt
