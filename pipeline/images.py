@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, IptcImagePlugin
 
 from pipeline.color import gray_to_lightness
-from pipeline.lab_cpu import levels_to_lightness, rgb8_to_lab
+from pipeline.lab_cpu import levels_to_lightness, rgb8_to_lab, rgbx_of
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (~13k x 13k)
 GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan stored in colour
@@ -215,10 +215,16 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 def rgb_to_pil(rgb: np.ndarray | Image.Image) -> Image.Image:
     """(H, W, 3) float in [0, 1], uint8, or uint16 -> 8-bit RGB PIL image (one given as such
-    is returned as it is)."""
+    is returned as it is). A view of RGBX pixels (`lab_cpu.join_lab`'s) becomes an "RGBX"
+    image over the same memory, which saves as RGB."""
     if isinstance(rgb, Image.Image):
         return rgb
-    return Image.fromarray(to_uint8(rgb), "RGB")
+    rgb8 = to_uint8(rgb)
+    rgbx = rgbx_of(rgb8)
+    if rgbx is not None:  # Pillow's own layout: it uses this memory, no copy
+        height, width, _ = rgbx.shape
+        return Image.frombuffer("RGBX", (width, height), rgbx, "raw", "RGBX", 0, 1)
+    return Image.fromarray(rgb8, "RGB")
 
 
 def encode_image(
@@ -251,7 +257,7 @@ def encode_image(
     if fmt == "jpeg":
         img.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kwargs)
     elif fmt == "png":
-        img.save(buf, "PNG", **kwargs)
+        (img if img.mode == "RGB" else img.convert("RGB")).save(buf, "PNG", **kwargs)
     else:
         raise ValueError(f"unknown output format {fmt!r}: use 'jpeg' or 'png'")
     return buf.getvalue()

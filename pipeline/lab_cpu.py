@@ -13,6 +13,11 @@ docs/benchmarks.md). Every kernel releases the GIL: a worker's threads run one i
   bilinearly (as `torch.nn.functional.interpolate`, align_corners=False) inside the same
   pass: the colorized output of one image, never holding a full-size ab unless asked.
 - `lightness_to_gray8`: L -> the 8-bit gray that previews show.
+- `levels_to_lightness`: gray levels -> L through a table (decoding gray scans).
+
+8-bit RGB from `join_lab` is stored as RGBX (a fourth, unused byte per pixel), the layout
+Pillow keeps RGB in: Pillow then uses that memory as it is, where packed RGB costs a copy and
+an unpacking pass of about 1 ms per megapixel (`rgbx_of`, `images.rgb_to_pil`).
 """
 
 from __future__ import annotations
@@ -133,6 +138,17 @@ def _lab_to_rgb(lightness, a, b, out, scale, offset):
 
 
 @_jit
+def _lab_to_rgbx(lightness, a, b, out):
+    """As `_lab_to_rgb` into 8-bit RGBX (a fourth byte of 255): one 32-bit word per pixel."""
+    for k in range(lightness.shape[0]):
+        r, g, bl = _lab_pixel(lightness[k], a[k], b[k])
+        out[4 * k] = r * f32(255.0) + f32(0.5)
+        out[4 * k + 1] = g * f32(255.0) + f32(0.5)
+        out[4 * k + 2] = bl * f32(255.0) + f32(0.5)
+        out[4 * k + 3] = 255
+
+
+@_jit
 def _lerp(v0, v1, w1, out):
     w0 = _ONE - w1
     for x in range(out.shape[0]):
@@ -151,7 +167,10 @@ def _join_lab(lightness, ab_rows, wy, y0, y1, out, ab_out, scale, offset):
         # gives up its run-time overlap checks and does not vectorise it
         _lerp(ab_rows[0, y0[y]], ab_rows[0, y1[y]], wy[y], a_out)
         _lerp(ab_rows[1, y0[y]], ab_rows[1, y1[y]], wy[y], b_out)
-        _lab_to_rgb(lightness[y], a_out, b_out, out[y].reshape(-1), scale, offset)
+        if out.shape[2] == 4:
+            _lab_to_rgbx(lightness[y], a_out, b_out, out[y].reshape(-1))
+        else:
+            _lab_to_rgb(lightness[y], a_out, b_out, out[y].reshape(-1), scale, offset)
 
 
 @_jit
@@ -219,17 +238,36 @@ def join_lab(
     keep_ab: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-size L (H, W) and low-resolution ab (2, h, w) -> (sRGB (H, W, 3) as `dtype`,
-    the full-size ab (2, H, W) if `keep_ab`, else None)."""
+    the full-size ab (2, H, W) if `keep_ab`, else None). 8-bit RGB is a view of RGBX pixels
+    (`rgbx_of`), which Pillow and the metrics read as they are (no copy)."""
     height, width = lightness.shape
     x0, x1, wx = _source_index(width, ab_low.shape[2])
     y0, y1, wy = _source_index(height, ab_low.shape[1])
     ab_low = np.asarray(ab_low, dtype=np.float32)
     ab_rows = np.ascontiguousarray((f32(1.0) - wx) * ab_low[:, :, x0] + wx * ab_low[:, :, x1])
-    out = np.empty((height, width, 3), dtype)
+    channels = 4 if np.dtype(dtype) == np.uint8 else 3
+    out = np.empty((height, width, channels), dtype)
     ab_out = np.empty((2, height, width) if keep_ab else (2, 0, 0), np.float32)
     l_map = np.ascontiguousarray(lightness, dtype=np.float32)
     _join_lab(l_map, ab_rows, wy, y0, y1, out, ab_out, *_scale(dtype))
-    return out, ab_out if keep_ab else None
+    return out[..., :3], ab_out if keep_ab else None
+
+
+def rgbx_of(rgb: np.ndarray) -> np.ndarray | None:
+    """The contiguous 8-bit RGBX array (H, W, 4) that `rgb` (H, W, 3) is the first three
+    channels of (as `join_lab` returns), or None."""
+    base = rgb.base
+    if (
+        isinstance(base, np.ndarray)
+        and rgb.dtype == np.uint8
+        and base.dtype == np.uint8
+        and base.shape == (*rgb.shape[:2], 4)
+        and base.flags.c_contiguous
+        and rgb.ctypes.data == base.ctypes.data
+        and rgb.strides == base.strides
+    ):
+        return base
+    return None
 
 
 def lightness_to_gray8(lightness: np.ndarray) -> np.ndarray:
