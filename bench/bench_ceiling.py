@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 import models
 from pipeline.colorize import finish, predict_low
-from pipeline.images import decode_image, encode_image, rgb_to_pil, to_uint8
+from pipeline.images import decode_image, encode_image, rgb_to_pil
 from pipeline.metrics import image_metrics
 from pipeline.previews import previews
 from pipeline.resize_cpu import shrink
@@ -125,14 +125,18 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
             "upsample + Lab->RGB",
             lambda d=dec, a=ab_low, t=dtype: finish(d.lightness, a[0], t, d.ab is not None),
         )
-        rgb8 = to_uint8(rgb)  # as the worker: previews and metrics in 8 bits
         timed(
             "metrics",
-            lambda d=dec, r=rgb8, a=ab: image_metrics(r, a, d.rgb, d.ab, centers, prior, 512),
+            lambda d=dec, r=rgb, a=ab: image_metrics(r, a, d.rgb, d.ab, centers, prior, 512),
         )
         fmt = "png" if dec.bit_depth == 16 else "jpeg"
+        output = timed(  # as the worker: 8 bits as one PIL image over join_lab's memory
+            "encode",
+            lambda d=dec, r=rgb: r if d.bit_depth == 16 else rgb_to_pil(r),
+        )
         out = timed(
-            "encode", lambda d=dec, r=rgb, f=fmt: encode_image(r, f, 95, d.bit_depth, d.metadata)
+            "encode",
+            lambda d=dec, o=output, f=fmt: encode_image(o, f, 95, d.bit_depth, d.metadata),
         )
         jpeg = out if fmt == "jpeg" else None
         source = blob if dec.plain_gray_jpeg else None
@@ -140,8 +144,8 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
         small = shrink(dec.lightness, (model.working_size, model.working_size))  # the net's input
         timed(
             "gallery previews",
-            lambda d=dec, r=rgb8, a=low, w=small, j=jpeg, s=source: previews(
-                d.lightness, rgb_to_pil(r), a, w, j, s
+            lambda d=dec, o=output, a=low, w=small, j=jpeg, s=source: previews(
+                d.lightness, o, a, w, j, s
             ),
         )
     return {name: 1000 * seconds / len(files) for name, seconds in totals.items()}
@@ -179,6 +183,13 @@ def main() -> None:
             for stage, ms in split.items():
                 print(f"    {stage:28s} {ms:8.1f} core-ms")
             print(f"    {'sum of stages':28s} {sum(split.values()):8.1f} core-ms")
+            floor = split["decode"] + split["encode"]
+            print(f"  the floor, decoding the input and encoding the output alone: {floor:.1f} "
+                  f"core-ms; the whole path is {core_ms / floor:.2f}x it")  # fmt: skip
+            device = split["forward (null) + decode ab"]
+            print(f"  on a GPU node the working-size resize and decoding run on the device: "
+                  f"~{core_ms - device:.1f} core-ms = {1000 / (core_ms - device):.1f} images/s "
+                  f"per core (estimate: whole path minus that stage)")  # fmt: skip
 
 
 if __name__ == "__main__":

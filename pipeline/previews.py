@@ -44,41 +44,47 @@ def fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
 
 def previews(
     lightness: np.ndarray,
-    colour: Image.Image,
+    rgb: np.ndarray | Image.Image,
     ab_low: np.ndarray,
     lightness_small: np.ndarray,
     colour_jpeg: bytes | None = None,
     gray_jpeg: bytes | None = None,
 ) -> dict[tuple[str, str], bytes]:
-    """{(size, side): JPEG bytes} for one image, from its L (H, W), its 8-bit colour output,
-    the network's ab (2, h, w) and its input L (s, s). A JPEG given as `colour_jpeg` (the
-    output's own) or `gray_jpeg` (a gray input's own, shown as it is stored) is the view of an
-    image no larger than a view: not encoded twice. The thumbnails are made from what the
-    network saw: its input L shrunk to a thumbnail, joined with its ab, i.e. the output's colour
-    at a thumbnail's pixels (rather than a filter over all of the output's)."""
+    """{(size, side): JPEG bytes} for one image, from its L (H, W), its RGB output (an 8-bit
+    image, or an array as `images.rgb_to_pil` takes), the network's ab (2, h, w) and its input
+    L (s, s).
+
+    An image no larger than a view is its own view: `colour_jpeg` (the output's JPEG) and
+    `gray_jpeg` (a gray input's own, shown as it is stored) are used as they are, not encoded
+    twice. A larger image's views, and every thumbnail, are made at their own size from L
+    shrunk to it and the network's ab, as the output is made at full size (`lab_cpu.join_lab`):
+    the output's colour at the preview's pixels, without a pass over all of the output's.
+    """
     out: dict[tuple[str, str], bytes] = {}
-    longest = SIZES["view"]
-    small_enough = max(colour.size) <= longest
-    if gray_jpeg is not None and small_enough:
+    height, width = lightness.shape
+    if max(width, height) <= SIZES["view"]:
+        if gray_jpeg is None:
+            gray_jpeg = _jpeg(Image.fromarray(lightness_to_gray8(lightness), "L"), QUALITY["view"])
         out["view", "in"] = gray_jpeg
+        out["view", "out"] = colour_jpeg or _jpeg(rgb_to_pil(rgb), QUALITY["view"])
     else:
-        gray = Image.fromarray(lightness_to_gray8(lightness), "L")
-        out["view", "in"] = _jpeg(_shrink(gray, longest), QUALITY["view"])
-    if colour_jpeg is not None and small_enough:
-        out["view", "out"] = colour_jpeg
-    else:
-        out["view", "out"] = _jpeg(_shrink(colour, longest), QUALITY["view"])
-    width, height = fit(colour.size, SIZES["thumbs"])
-    thumb = shrink(lightness_small, (height, width))
-    rgb, _ = join_lab(thumb, ab_low, np.uint8)
-    out["thumbs", "in"] = _jpeg(Image.fromarray(lightness_to_gray8(thumb), "L"), QUALITY["thumbs"])
-    out["thumbs", "out"] = _jpeg(Image.fromarray(rgb, "RGB"), QUALITY["thumbs"])
+        out["view", "in"], out["view", "out"] = _pair(lightness, ab_low, "view")
+    out["thumbs", "in"], out["thumbs", "out"] = _pair(
+        lightness_small, ab_low, "thumbs", (width, height)
+    )
     return out
 
 
-def _shrink(image: Image.Image, longest: int) -> Image.Image:
-    """As Image.thumbnail, without its full-size copy."""
-    return image.resize(fit(image.size, longest), Image.Resampling.LANCZOS, reducing_gap=1.0)
+def _pair(
+    lightness: np.ndarray, ab_low: np.ndarray, size: str, full: tuple[int, int] | None = None
+) -> tuple[bytes, bytes]:
+    """(gray, colour) JPEGs at preview `size` of an image of `full` size (default: L's own),
+    from L (any size at least the preview's) and the network's ab."""
+    width, height = fit(full or (lightness.shape[1], lightness.shape[0]), SIZES[size])
+    small = shrink(lightness, (height, width))
+    rgb, _ = join_lab(small, ab_low, np.uint8)
+    gray = Image.fromarray(lightness_to_gray8(small), "L")
+    return _jpeg(gray, QUALITY[size]), _jpeg(rgb_to_pil(rgb), QUALITY[size])
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:

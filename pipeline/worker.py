@@ -35,7 +35,6 @@ from pipeline.images import (
     decode_image,
     encode_image,
     rgb_to_pil,
-    to_uint8,
 )
 from pipeline.metrics import image_metrics
 from pipeline.previews import gray_and_colour, previews, write_previews
@@ -142,7 +141,7 @@ class _Item:
     error: tuple[str, str] | None = None  # (kind, message)
     ab_low: torch.Tensor | None = None  # the network's ab (2, h, w), on the model's device
     working: torch.Tensor | None = None  # the network's input L (s, s): the thumbnails' L
-    colour: Image.Image | None = None  # the 8-bit RGB output (files, previews, samples)
+    output: Image.Image | np.ndarray | None = None  # the RGB output: 8-bit image, 16-bit array
     source: bytes | None = None  # the input's bytes, where a browser shows them as they are
     uncertainty: float | None = None  # the network's, from the same forward (models.decode)
 
@@ -319,9 +318,9 @@ class ShardColorizer:
             cols["model"].append(self.model_id)
             if error is None:
                 stats.add_ok(metrics)
-                if len(samples) < self.options.samples_per_shard and item.colour is not None:
+                if len(samples) < self.options.samples_per_shard and item.output is not None:
                     lightness = item.decoded.lightness  # type: ignore[union-attr]
-                    samples.append(sample_pair(*gray_and_colour(lightness, item.colour)))
+                    samples.append(sample_pair(*gray_and_colour(lightness, item.output)))
             else:
                 stats.add_error(error[0])
         writer.write(cols, batch.metadata)
@@ -342,19 +341,18 @@ class ShardColorizer:
         finally:
             item.ab_low = item.working = None
         try:
-            rgb8 = to_uint8(rgb)  # the 16-bit output's previews and metrics use 8 bits
             metrics = image_metrics(
-                rgb8, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
+                rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
             )
             if item.uncertainty is not None:
                 metrics["uncertainty"] = item.uncertainty
-            item.colour = rgb_to_pil(rgb8)
+            # 8 bits: one PIL image over join_lab's memory for the file, previews and samples
+            item.output = rgb if dec.bit_depth == 16 else rgb_to_pil(rgb)
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
-            pixels = rgb if dec.bit_depth == 16 else item.colour  # 8 bits: the same PIL image
-            data = encode_image(pixels, fmt, self.options.quality, dec.bit_depth, dec.metadata)
+            data = encode_image(item.output, fmt, self.options.quality, dec.bit_depth, dec.metadata)
             gallery = previews(
                 dec.lightness,
-                item.colour,
+                item.output,
                 ab_low,
                 working,
                 data if fmt == "jpeg" else None,
