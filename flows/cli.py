@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-max-side",
         type=int,
         default=512,
-        help="score metrics on a copy at most this large (default 512; 0: full resolution)",
+        help="score PSNR, SSIM and AuC on a copy at most this large (default 512; 0: full "
+        "resolution); colourfulness is always taken at full size",
     )
     col.add_argument(
         "--precision",
