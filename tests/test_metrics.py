@@ -91,3 +91,24 @@ def test_metrics_on_a_downscaled_copy(photos):
     a = image_metrics(gray, true_ab * 0, rgb, true_ab, max_side=0)
     b = image_metrics(gray, true_ab * 0, rgb, true_ab, max_side=256)
     assert b["auc"] == pytest.approx(a["auc"], abs=0.03)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (300, 451), (7, 9)])
+def test_ssim_matches_skimage(photos, shape) -> None:
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    h, w = shape
+    true = (photos["astronaut"][:h, :w] / 255.0).astype(np.float32)
+    for pred in (
+        np.clip(true + rng.normal(0, 0.05, true.shape), 0, 1).astype(np.float32),
+        true[::-1].copy(),
+        true,
+    ):
+        expected = structural_similarity(true, pred, channel_axis=-1, data_range=1.0)
+        assert ssim(pred, true) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_ssim_needs_a_window() -> None:
+    with pytest.raises(ValueError, match="7x7"):
+        ssim(np.zeros((6, 20, 3)), np.zeros((6, 20, 3)))
