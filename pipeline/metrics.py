@@ -171,7 +171,7 @@ def _ssim_mean(x, y, c1, c2):
 def ssim(rgb_pred: np.ndarray, rgb_true: np.ndarray) -> float:
     """Mean SSIM over RGB channels, as skimage's `structural_similarity(rgb_true, rgb_pred,
     channel_axis=-1, data_range=1.0)` (7 x 7 uniform window, sample covariance, borders
-    cropped), in float64 box sums (numba): a tenth of skimage's time, equal within 1e-5."""
+    cropped), in float64 box sums (numba): 3-4x faster than skimage, equal within 1e-5."""
     height, width = rgb_true.shape[:2]
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(
