@@ -156,6 +156,16 @@ def _lerp(v0, v1, w1, out):
 
 
 @_jit
+def _upsample_rows(ab_low, x0, x1, wx, out):
+    """ab_low (2, h, w) -> out (2, h, W): each low-resolution row upsampled along x."""
+    for c in range(ab_low.shape[0]):
+        for y in range(ab_low.shape[1]):
+            row, out_row = ab_low[c, y], out[c, y]
+            for x in range(out_row.shape[0]):
+                out_row[x] = (_ONE - wx[x]) * row[x0[x]] + wx[x] * row[x1[x]]
+
+
+@_jit
 def _join_lab(lightness, ab_rows, wy, y0, y1, out, ab_out, scale, offset):
     """ab_rows (2, h, W): the low-resolution ab already upsampled along x; each output row
     interpolates two of them (y0, y1 with weight wy), then converts."""
@@ -243,8 +253,9 @@ def join_lab(
     height, width = lightness.shape
     x0, x1, wx = _source_index(width, ab_low.shape[2])
     y0, y1, wy = _source_index(height, ab_low.shape[1])
-    ab_low = np.asarray(ab_low, dtype=np.float32)
-    ab_rows = np.ascontiguousarray((f32(1.0) - wx) * ab_low[:, :, x0] + wx * ab_low[:, :, x1])
+    ab_low = np.ascontiguousarray(ab_low, dtype=np.float32)
+    ab_rows = np.empty((2, ab_low.shape[1], width), np.float32)
+    _upsample_rows(ab_low, x0, x1, wx, ab_rows)
     channels = 4 if np.dtype(dtype) == np.uint8 else 3
     out = np.empty((height, width, channels), dtype)
     ab_out = np.empty((2, height, width) if keep_ab else (2, 0, 0), np.float32)

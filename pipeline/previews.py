@@ -96,5 +96,7 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
 def write_previews(
     dest: str, shard: str, position: int, images: dict[tuple[str, str], bytes]
 ) -> None:
+    """In place, not atomic: the gallery reads only committed shards, whose previews were all
+    written before their stats file (a retried shard writes the same bytes again)."""
     for (size, side), data in images.items():
-        storage.write_bytes(preview_uri(dest, size, shard, position, side), data)
+        storage.write_bytes(preview_uri(dest, size, shard, position, side), data, atomic=False)
