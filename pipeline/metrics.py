@@ -15,11 +15,11 @@ from typing import Any
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio
 
 from models.bins import nearest_bin
 from pipeline.lab_cpu import rgbx_of
+from pipeline.resize_cpu import shrink
 
 AUC_THRESHOLDS = np.arange(0, 151, dtype=np.float64)
 
@@ -198,10 +198,11 @@ def unit_float(rgb: np.ndarray) -> np.ndarray:
 
 
 def downscale(max_side: int, *arrays: np.ndarray | None) -> list[Any]:
-    """Area-downscale (H, W, 3) or (2, H, W) arrays so the longer side is `max_side`.
+    """Area-downscale (H, W, 3) or (2, H, W) arrays so the longer side is `max_side`, as float32
+    (RGB in [0, 1]), by `resize_cpu.shrink` (torch's antialiased bilinear filter).
 
-    8-bit RGB is resized as 8-bit (torch's integer path of the same filter: within one level
-    of the float one, with no float copy at full size); the rest as float.
+    8- and 16-bit RGB are read as they are (no float copy at full size; 8-bit RGBX, as
+    `join_lab` makes it, in place) and not rounded after the filter.
     """
     out: list[Any] = []
     for arr in arrays:
@@ -212,15 +213,14 @@ def downscale(max_side: int, *arrays: np.ndarray | None) -> list[Any]:
         h, w = arr.shape[:2] if channels_last else arr.shape[-2:]
         scale = max_side / max(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if arr.dtype == np.uint8 and channels_last:
-            t8 = torch.from_numpy(arr).permute(2, 0, 1)[None]  # channels-last uint8: fast path
-            small = F.interpolate(t8, size=size, mode="bilinear", antialias=True)
-            out.append(small[0].permute(1, 2, 0).numpy())
+        if not channels_last:
+            out.append(np.stack([shrink(plane, size) for plane in arr]))
             continue
-        t = torch.from_numpy(np.ascontiguousarray(unit_float(arr), dtype=np.float32))
-        t = t.permute(2, 0, 1) if channels_last else t
-        t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True)[0]
-        out.append((t.permute(1, 2, 0) if channels_last else t).numpy())
+        rgbx = rgbx_of(arr)
+        small = shrink(arr if rgbx is None else rgbx, size)[..., :3]
+        if arr.dtype.kind == "u":
+            small = small * np.float32(1 / np.iinfo(arr.dtype).max)
+        out.append(small)
     return out
 
 

@@ -59,11 +59,45 @@ def _shrink_columns(image, first, count, weights, out):
             out[i, j] = total
 
 
+@_jit
+def _shrink_pixel_columns(image, first, count, weights, channels, out):
+    """As `_shrink_columns` over rows of RGB or RGBX pixels (`channels` 3 or 4 interleaved
+    values): one sum per channel in registers, twice as fast as a loop over channels."""
+    for i in range(out.shape[0]):
+        row, dst = image[i], out[i]
+        for j in range(weights.shape[0]):
+            s0, s1, s2, s3 = f32(0.0), f32(0.0), f32(0.0), f32(0.0)
+            p = first[j] * channels
+            for k in range(count[j]):
+                w = weights[j, k]
+                s0 += w * row[p]
+                s1 += w * row[p + 1]
+                s2 += w * row[p + 2]
+                if channels == 4:
+                    s3 += w * row[p + 3]
+                p += channels
+            q = j * channels
+            dst[q], dst[q + 1], dst[q + 2] = s0, s1, s2
+            if channels == 4:
+                dst[q + 3] = s3
+
+
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32 -> (h, w) float32, as torch's antialiased bilinear interpolate."""
-    height, width = image.shape
-    rows = np.empty((size[0], width), np.float32)
-    _shrink_rows(np.ascontiguousarray(image, dtype=np.float32), *filter_taps(size[0], height), rows)
-    out = np.empty(size, np.float32)
-    _shrink_columns(rows, *filter_taps(size[1], width), out)
-    return out
+    """(H, W) or (H, W, C), C 3 or 4 -> (h, w) or (h, w, C) float32, as torch's antialiased bilinear
+    interpolate of each channel. Float input is read as float32; 8- and 16-bit input as it is
+    (no float copy at full size), its levels kept (0..255, 0..65535) but not rounded."""
+    height, width = image.shape[:2]
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if channels not in (1, 3, 4):
+        raise ValueError(f"shrink takes (H, W), (H, W, 3) or (H, W, 4), not {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16):
+        image = np.ascontiguousarray(image, dtype=np.float32)
+    flat = np.ascontiguousarray(image).reshape(height, width * channels)
+    rows = np.empty((size[0], width * channels), np.float32)
+    _shrink_rows(flat, *filter_taps(size[0], height), rows)
+    out = np.empty((size[0], size[1] * channels), np.float32)
+    if channels == 1:
+        _shrink_columns(rows, *filter_taps(size[1], width), out)
+    else:
+        _shrink_pixel_columns(rows, *filter_taps(size[1], width), channels, out)
+    return out.reshape(size if image.ndim == 2 else (*size, channels))

@@ -30,3 +30,31 @@ def test_shrink_of_a_real_photo_keeps_its_mean(photos: dict[str, np.ndarray]) ->
     small = shrink(gray, (128, 128))
     assert small.shape == (128, 128)
     assert abs(float(small.mean()) - float(gray.mean())) < 0.5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_shrink_of_rgb_and_rgbx_pixels(channels: int, dtype: type) -> None:
+    """Interleaved pixels (the metrics' copies of RGB outputs, 8-bit RGBX in place) filter each
+    channel as torch does its planes; integers keep their levels, unrounded."""
+    rng = np.random.default_rng(1)
+    top = 1.0 if dtype == np.float32 else np.iinfo(dtype).max
+    image = (rng.random((300, 451, channels)) * top).astype(dtype)
+    expected = (
+        F.interpolate(
+            torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None],
+            size=(128, 192),
+            mode="bilinear",
+            antialias=True,
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
+    small = shrink(image, (128, 192))
+    assert small.shape == (128, 192, channels) and small.dtype == np.float32
+    assert np.abs(small - expected).max() <= 2e-5 * top  # float32 rounding
+
+
+def test_shrink_names_the_shapes_it_takes() -> None:
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        shrink(np.zeros((8, 8, 2), np.float32), (4, 4))
