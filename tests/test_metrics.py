@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import auc, colourfulness, image_metrics, inverse_prior_weights, psnr, ssim
+from pipeline.metrics import (
+    auc,
+    colourfulness,
+    image_metrics,
+    inverse_prior_weights,
+    nearest_bins,
+    psnr,
+    ssim,
+)
 
 
 def test_auc_perfect_prediction_is_one():
@@ -112,3 +120,16 @@ def test_ssim_matches_skimage(photos, shape) -> None:
 def test_ssim_needs_a_window() -> None:
     with pytest.raises(ValueError, match="7x7"):
         ssim(np.zeros((6, 20, 3)), np.zeros((6, 20, 3)))
+
+
+def test_nearest_bins_as_the_models_find_them() -> None:
+    """The metrics' numba lookup picks the bin `models.bins.nearest_bin` picks, for ab inside
+    and outside the gamut's bins, and for centres off the grid."""
+    from models.bins import gamut_bin_centers, nearest_bin
+
+    ab = np.random.default_rng(0).uniform(-130, 130, (2, 60, 70)).astype(np.float32)
+    on_grid = gamut_bin_centers()
+    off_grid = on_grid[::7] + 3.5
+    for centers in (on_grid, off_grid):
+        expected = nearest_bin(torch.from_numpy(ab)[None], centers)[0].numpy()
+        np.testing.assert_array_equal(nearest_bins(ab, centers.numpy()), expected)
