@@ -16,13 +16,11 @@ in one run, on 1024-px gray JPEG scans, 1024-px colour photos (with ground-truth
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as pipeline.worker.WORKER_ENV, for actors
-
 import argparse
 import io
+import os
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,7 +40,7 @@ from pipeline.metrics import image_metrics
 from pipeline.previews import previews
 from pipeline.resize_cpu import shrink
 from pipeline.shards import list_shards
-from pipeline.worker import ShardColorizer
+from pipeline.worker import WORKER_ENV, ShardColorizer
 
 
 class NullNet(nn.Module):
@@ -152,6 +150,9 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
 
 
 def main() -> None:
+    if any(os.environ.get(name) != value for name, value in WORKER_ENV.items()):
+        # as Ray starts an actor's process: OpenMP and glibc's malloc read these at start-up
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_ENV})
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=48, help="images per 1024-px archive")
     parser.add_argument("--tiffs", type=int, default=4, help="4000x3000 16-bit TIFF scans")

@@ -52,8 +52,9 @@ from pipeline.stats import ShardStats
 # Set in each worker process before torch loads (Ray's runtime_env): idle OpenMP threads sleep
 # rather than spin. The per-image work runs in our own threads beside torch's; spinning ones
 # took a quarter of a gray scan's CPU time and slowed the others (docs/benchmarks.md); the
-# forward itself measured the same either way.
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# forward itself measured the same either way. And all threads allocate from glibc's main
+# heap (see `keep_freed_memory`), including those started before our code runs.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "MALLOC_ARENA_MAX": "1"}
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,19 @@ class ColorizeOptions:
 def keep_freed_memory() -> None:
     """glibc's malloc: blocks up to 32 MB from the heap, and freed memory kept for reuse. By
     default a 1024-px image's 4 MB arrays were mapped afresh for every image and zero-filled by
-    the kernel (about 5% of a gray scan's CPU time). Elsewhere than glibc, nothing changes."""
+    the kernel (about 5% of a gray scan's CPU time). One heap for all threads: each thread's
+    own heap is capped at 64 MB and unmapped when it empties, which re-faulted a colour
+    photo's ~50 MB of arrays (10% of its CPU time). The cap binds threads started from here on;
+    WORKER_ENV's MALLOC_ARENA_MAX binds a worker process's from its start. Elsewhere than
+    glibc, nothing changes."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # from malloc.h
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
     libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_arena_max, 1)
 
 
 def pick_device() -> torch.device:
