@@ -90,19 +90,20 @@ class ColorizeOptions:
 
 
 def keep_freed_memory() -> None:
-    """glibc's malloc: blocks up to 32 MB from the heap, and freed memory kept for reuse. By
-    default a 1024-px image's 4 MB arrays were mapped afresh for every image and zero-filled by
-    the kernel (about 5% of a gray scan's CPU time). One heap for all threads: each thread's
-    own heap is capped at 64 MB and unmapped when it empties, which re-faulted a colour
-    photo's ~50 MB of arrays (10% of its CPU time). The cap binds threads started from here on;
-    WORKER_ENV's MALLOC_ARENA_MAX binds a worker process's from its start. Elsewhere than
-    glibc, nothing changes."""
+    """glibc's malloc: every block from one heap, and freed memory kept there for reuse (up to
+    1 GB free at its top). By default, blocks over 32 MB (a 16-bit scan's arrays) and, at
+    first, over 128 kB (a 1024-px image's 4 MB arrays) were mapped afresh for every image, and
+    each thread's own heap (64 MB at most) was unmapped whenever it emptied: the kernel then
+    zero-filled all of that memory again for the next image (5-20% of an image's CPU time,
+    docs/benchmarks.md). The one-heap setting binds the
+    threads started from here on; WORKER_ENV's MALLOC_ARENA_MAX binds a worker process's from
+    its start. Elsewhere than glibc, nothing changes."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # from malloc.h
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # from malloc.h
+    libc.mallopt(m_mmap_max, 0)
     libc.mallopt(m_trim_threshold, 1 << 30)
     libc.mallopt(m_arena_max, 1)
 
