@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, IptcImagePlugin
 
 from pipeline.color import gray_to_lightness
-from pipeline.lab_cpu import levels_to_lightness, rgb8_to_lab, rgbx_of
+from pipeline.lab_cpu import any_beyond, levels_to_lightness, rgb8_to_lab, rgbx_of
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (~13k x 13k)
 GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan stored in colour
@@ -158,7 +158,7 @@ def decode_pil(img: Image.Image) -> Decoded:
     else:  # RGB, P, CMYK
         rgb8 = np.asarray(img.convert("RGB"))
     lightness, ab = rgb8_to_lab(rgb8)
-    is_colour = bool(np.abs(ab).max(initial=0.0) > GRAY_TOLERANCE)
+    is_colour = any_beyond(ab, GRAY_TOLERANCE)
     if not is_colour:
         return Decoded(lightness, None, None, 8, meta)
     return Decoded(lightness, np.multiply(rgb8, np.float32(1 / 255), dtype=np.float32), ab, 8, meta)

@@ -66,3 +66,10 @@ def test_lightness_to_gray8_and_bad_input() -> None:
         lab_cpu.rgb8_to_lab(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="float32, uint8 or uint16"):
         lab_cpu.lab_to_rgb(lightness, np.zeros((2, 20, 50), np.float32), np.int8)
+
+
+def test_any_beyond_finds_colour_anywhere() -> None:
+    ab = np.zeros((2, 50, 60), np.float32)
+    assert not lab_cpu.any_beyond(ab, 2.0)
+    ab[1, 49, 59] = -2.5  # the last value, negative
+    assert lab_cpu.any_beyond(ab, 2.0) and not lab_cpu.any_beyond(ab, 3.0)
