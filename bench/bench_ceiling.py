@@ -119,13 +119,15 @@ def stages(model: models.Colorizer, files: dict[str, bytes]) -> dict[str, float]
             "forward (null) + decode ab", lambda d=dec: predict_low(model, [d.lightness])
         )
         dtype = np.uint16 if dec.bit_depth == 16 else np.uint8
-        rgb, ab = timed(
+        rgb, ab, colourfulness = timed(
             "upsample + Lab->RGB",
             lambda d=dec, a=ab_low, t=dtype: finish(d.lightness, a[0], t, d.ab is not None),
         )
         timed(
             "metrics",
-            lambda d=dec, r=rgb, a=ab: image_metrics(r, a, d.rgb, d.ab, centers, prior, 512),
+            lambda d=dec, r=rgb, a=ab, c=colourfulness: image_metrics(
+                r, a, d.rgb, d.ab, centers, prior, 512, c
+            ),
         )
         fmt = "png" if dec.bit_depth == 16 else "jpeg"
         output = timed(  # as the worker: 8 bits as one PIL image over join_lab's memory

@@ -17,6 +17,7 @@ from pipeline import decode_cpu
 from pipeline.color import lab_to_rgb
 from pipeline.images import decode_pil, rgb_to_pil
 from pipeline.lab_cpu import join_lab
+from pipeline.metrics import colourfulness_of_sums
 from pipeline.resize_cpu import shrink
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -102,15 +103,20 @@ def finish(
     ab_low: torch.Tensor,
     dtype: type = np.float32,
     keep_ab: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, float | None]:
     """One image: its full-size L (H, W) and low-res ab (2, h, w) -> (RGB (H, W, 3) on the host
-    as float32 in [0, 1], uint8 or uint16; the full-size ab (2, H, W) float32 if `keep_ab`).
+    as float32 in [0, 1], uint8 or uint16; the full-size ab (2, H, W) float32 if `keep_ab`;
+    the RGB's colourfulness where it came with the pixels, else None).
 
-    On a CPU, `lab_cpu.join_lab` does it in one pass; elsewhere the join and conversion run on
-    ab's device and only the quantised RGB comes back.
+    On a CPU, `lab_cpu.join_lab` does it in one pass (and, for 8-bit RGB, sums what the
+    colourfulness needs as it writes each row); elsewhere the join and conversion run on ab's
+    device and only the quantised RGB comes back.
     """
     if ab_low.device.type == "cpu":
-        return join_lab(l_map, ab_low.numpy(), dtype, keep_ab)
+        sums = np.zeros(4, np.int64)
+        out, full_ab = join_lab(l_map, ab_low.numpy(), dtype, keep_ab, sums)
+        eight_bit = out.dtype == np.uint8
+        return out, full_ab, colourfulness_of_sums(sums, l_map.size, 255.0) if eight_bit else None
     lightness = to_device(l_map, ab_low.device)
     ab = upsample_ab(ab_low, lightness.shape)
     rgb = lab_to_rgb(torch.cat([lightness[None], ab])).permute(1, 2, 0)
@@ -118,7 +124,7 @@ def finish(
         wide = torch.int32 if dtype is np.uint16 else torch.uint8
         rgb = (rgb * float(np.iinfo(dtype).max) + 0.5).to(wide)
     rgb_host: np.ndarray = rgb.cpu().numpy().astype(dtype, copy=False)
-    return rgb_host, ab.cpu().numpy() if keep_ab else None
+    return rgb_host, ab.cpu().numpy() if keep_ab else None, None
 
 
 def colorize_lightness(
@@ -128,7 +134,7 @@ def colorize_lightness(
     ab_low = predict_low_ab(model, lightness, temperature)
     out = []
     for l_map, ab_one in zip(lightness, ab_low, strict=True):
-        rgb, ab = finish(l_map, ab_one)
+        rgb, ab, _ = finish(l_map, ab_one)
         assert ab is not None  # keep_ab
         out.append((rgb, ab))
     return out

@@ -82,7 +82,7 @@ def evaluate_shard(
             continue
         ab_low, uncertainty = predict_low(colorizer, [d.lightness for d in kept], temperature)
         for dec, ab_one, u in zip(kept, ab_low, uncertainty.tolist(), strict=True):
-            rgb, ab = finish(dec.lightness, ab_one)
+            rgb, ab, _ = finish(dec.lightness, ab_one)
             assert ab is not None  # keep_ab
             doubt.append((u, float(np.hypot(*(ab - dec.ab)).mean())))
             if len(pairs) < samples:

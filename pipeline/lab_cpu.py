@@ -23,6 +23,7 @@ an unpacking pass of about 1 ms per megapixel (`rgbx_of`, `images.rgb_to_pil`).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numba
 import numpy as np
@@ -165,10 +166,75 @@ def _upsample_rows(ab_low, x0, x1, wx, out):
                 out_row[x] = (_ONE - wx[x]) * row[x0[x]] + wx[x] * row[x1[x]]
 
 
+def _opponent_kernel(exact: bool) -> Any:
+    """A kernel adding the sums of rg, rg^2, yb' and yb'^2 (rg = r - g, yb' = r + g - 2b: what
+    `metrics.colourfulness` needs) of RGB rows (H, W * 3) to `sums`. Integer pixels are summed
+    exactly in int64 (float32 sums drifted by 0.2% on a megapixel); float ones in float64."""
+    number: Any = np.int64 if exact else np.float64
+    zero = number(0)
+
+    @numba.njit(nogil=True, fastmath=True, cache=True)
+    def add_rows(rows, sums):  # pragma: no cover - compiled
+        for y in range(rows.shape[0]):
+            row = rows[y]
+            rg_sum = rg_squares = yb_sum = yb_squares = zero
+            for k in range(row.shape[0] // 3):
+                r, g, b = number(row[3 * k]), number(row[3 * k + 1]), number(row[3 * k + 2])
+                rg = r - g
+                yb = r + g - 2 * b
+                rg_sum += rg
+                rg_squares += rg * rg
+                yb_sum += yb
+                yb_squares += yb * yb
+            sums[0] += rg_sum
+            sums[1] += rg_squares
+            sums[2] += yb_sum
+            sums[3] += yb_squares
+
+    return add_rows
+
+
+_OPPONENT_RGB = {exact: _opponent_kernel(exact) for exact in (True, False)}
+_SEGMENT = 8192  # RGBX pixels summed in int32: 8192 * 510^2 (the largest yb'^2) < 2^31
+# int32 constants keep the loop in int32
+_BYTE, _TWO, _SHIFT_G, _SHIFT_B = np.int32(255), np.int32(2), np.int32(8), np.int32(16)
+
+
 @_jit
-def _join_lab(lightness, ab_rows, wy, y0, y1, out, ab_out, scale, offset):
+def _add_rgbx_segment(words, sums):
+    """At most `_SEGMENT` RGBX pixels as little-endian 32-bit words (R in the low byte): their
+    opponent sums (as `_opponent_kernel`'s) in int32, eight or sixteen pixels to a vector,
+    four times the int64 sums over bytes; exact."""
+    rg_sum = rg_squares = yb_sum = yb_squares = np.int32(0)
+    for k in range(words.shape[0]):
+        word = np.int32(words[k])
+        r, g, b = word & _BYTE, (word >> _SHIFT_G) & _BYTE, (word >> _SHIFT_B) & _BYTE
+        rg = r - g
+        yb = r + g - _TWO * b
+        rg_sum += rg
+        rg_squares += rg * rg
+        yb_sum += yb
+        yb_squares += yb * yb
+    sums[0] += rg_sum
+    sums[1] += rg_squares
+    sums[2] += yb_sum
+    sums[3] += yb_squares
+
+
+@_jit
+def _add_rgbx_sums(pixels, sums):
+    """RGBX pixels (n * 4 bytes) -> their opponent sums added to `sums` (int64)."""
+    words = pixels.view(np.uint32)
+    for start in range(0, words.shape[0], _SEGMENT):
+        _add_rgbx_segment(words[start : start + _SEGMENT], sums)
+
+
+@_jit
+def _join_lab(lightness, ab_rows, wy, y0, y1, out, ab_out, scale, offset, sums):
     """ab_rows (2, h, W): the low-resolution ab already upsampled along x; each output row
-    interpolates two of them (y0, y1 with weight wy), then converts."""
+    interpolates two of them (y0, y1 with weight wy), then converts. An 8-bit row's opponent
+    sums are added to `sums` while the row is in cache (a second pass over the image, for its
+    colourfulness, cost more than the join's own Lab -> RGB)."""
     height, width = lightness.shape
     scratch = np.empty((2, width), np.float32)
     for y in range(height):
@@ -179,6 +245,7 @@ def _join_lab(lightness, ab_rows, wy, y0, y1, out, ab_out, scale, offset):
         _lerp(ab_rows[1, y0[y]], ab_rows[1, y1[y]], wy[y], b_out)
         if out.shape[2] == 4:
             _lab_to_rgbx(lightness[y], a_out, b_out, out[y].reshape(-1))
+            _add_rgbx_sums(out[y].reshape(-1), sums)
         else:
             _lab_to_rgb(lightness[y], a_out, b_out, out[y].reshape(-1), scale, offset)
 
@@ -254,10 +321,13 @@ def join_lab(
     ab_low: np.ndarray,
     dtype: np.dtype | type = np.uint8,
     keep_ab: bool = False,
+    opponent_sums: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Full-size L (H, W) and low-resolution ab (2, h, w) -> (sRGB (H, W, 3) as `dtype`,
     the full-size ab (2, H, W) if `keep_ab`, else None). 8-bit RGB is a view of RGBX pixels
-    (`rgbx_of`), which Pillow and the metrics read as they are (no copy)."""
+    (`rgbx_of`), which Pillow and the metrics read as they are (no copy). For 8-bit RGB, the
+    output's opponent sums (as `opponent_sums` makes them) are added to `opponent_sums`
+    (int64 (4,)) if it is given."""
     height, width = lightness.shape
     x0, x1, wx = _source_index(width, ab_low.shape[2])
     y0, y1, wy = _source_index(height, ab_low.shape[1])
@@ -268,7 +338,8 @@ def join_lab(
     out = np.empty((height, width, channels), dtype)
     ab_out = np.empty((2, height, width) if keep_ab else (2, 0, 0), np.float32)
     l_map = np.ascontiguousarray(lightness, dtype=np.float32)
-    _join_lab(l_map, ab_rows, wy, y0, y1, out, ab_out, *_scale(dtype))
+    sums = np.zeros(4, np.int64) if opponent_sums is None else opponent_sums
+    _join_lab(l_map, ab_rows, wy, y0, y1, out, ab_out, *_scale(dtype), sums)
     return out[..., :3], ab_out if keep_ab else None
 
 
@@ -293,6 +364,19 @@ def any_beyond(values: np.ndarray, limit: float) -> bool:
     """Whether any |value| exceeds `limit`, stopping at the first that does (a colour photo's
     ab: at once; numpy's abs-then-max made a copy and read it all, ~2 ms per megapixel)."""
     return bool(_any_beyond(np.ascontiguousarray(values).reshape(-1), values.dtype.type(limit)))
+
+
+def opponent_sums(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """RGB (H, W, 3), float, uint8 or uint16, or a view of RGBX pixels (read in place) ->
+    (sums of rg, rg^2, yb', yb'^2 (int64 for integer pixels, else float64), pixel count)."""
+    exact = rgb.dtype.kind == "u"
+    sums = np.zeros(4, np.int64 if exact else np.float64)
+    rgbx = rgbx_of(rgb)
+    if rgbx is not None:
+        _add_rgbx_sums(rgbx.reshape(-1), sums)
+    else:
+        _OPPONENT_RGB[exact](np.ascontiguousarray(rgb).reshape(rgb.shape[0], -1), sums)
+    return sums, rgb.shape[0] * rgb.shape[1]
 
 
 def lightness_to_gray8(lightness: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from models.bins import GRID
-from pipeline.lab_cpu import rgbx_of
+from pipeline.lab_cpu import opponent_sums, rgbx_of
 from pipeline.resize_cpu import shrink
 
 AUC_THRESHOLDS = np.arange(0, 151, dtype=np.float64)
@@ -99,58 +99,23 @@ def _nearest_bins(a, b, table, radius, centers, out):
         out[p] = q
 
 
-def _opponent_sums_kernel(step: int, exact: bool) -> Any:
-    """A kernel: RGB rows (H, W * step) -> sums of rg, rg^2, yb', yb'^2 in one pass, where
-    yb' = 2 yb. Integer pixels are summed exactly in integers (float32 sums drifted by 0.2%
-    on a megapixel); float ones in float64. `step` (3 for RGB, 4 for RGBX) is a constant of
-    each compiled kernel, so that LLVM vectorises the loads."""
-    number: Any = np.int64 if exact else np.float64
-    zero = number(0)
-
-    @numba.njit(nogil=True, fastmath=True, cache=True)
-    def sums(rows):  # pragma: no cover - compiled
-        s_rg = s_rg2 = s_yb = s_yb2 = zero
-        for y in range(rows.shape[0]):
-            row = rows[y]
-            rg_sum = rg_squares = yb_sum = yb_squares = zero
-            for k in range(row.shape[0] // step):
-                r, g = number(row[step * k]), number(row[step * k + 1])
-                b = number(row[step * k + 2])
-                rg = r - g
-                yb = r + g - 2 * b
-                rg_sum += rg
-                rg_squares += rg * rg
-                yb_sum += yb
-                yb_squares += yb * yb
-            s_rg += rg_sum
-            s_rg2 += rg_squares
-            s_yb += yb_sum
-            s_yb2 += yb_squares
-        return s_rg, s_rg2, s_yb, s_yb2
-
-    return sums
-
-
-_OPPONENT_SUMS = {(step, exact): _opponent_sums_kernel(step, exact) for step in (3, 4)
-                  for exact in (True, False)}  # fmt: skip
-
-
 def colourfulness(rgb: np.ndarray) -> float:
     """Hasler and Suesstrunk's M = sigma_rgyb + 0.3 mu_rgyb on RGB (H, W, 3): float in [0, 1],
     uint8 or uint16 (computed on the 0-255 scale), or a view of RGBX pixels (read in place)."""
-    exact = rgb.dtype.kind == "u"
-    top = np.iinfo(rgb.dtype).max if exact else 1.0
-    rgbx = rgbx_of(rgb)
-    if rgbx is not None:
-        rows, step = rgbx.reshape(rgbx.shape[0], -1), 4
-    else:
-        rows, step = np.ascontiguousarray(rgb).reshape(rgb.shape[0], -1), 3
-    n = rows.shape[0] * (rows.shape[1] // step)
-    s_rg, s_rg2, s_yb, s_yb2 = _OPPONENT_SUMS[step, exact](rows)
+    sums, pixels = opponent_sums(rgb)
+    return colourfulness_of_sums(
+        sums, pixels, np.iinfo(rgb.dtype).max if rgb.dtype.kind == "u" else 1.0
+    )
+
+
+def colourfulness_of_sums(sums: np.ndarray, pixels: int, top: float) -> float:
+    """M from `lab_cpu.opponent_sums` of `pixels` pixels whose full scale is `top` (255 for
+    8 bits); `join_lab` makes these sums of its output as it writes it."""
+    s_rg, s_rg2, s_yb, s_yb2 = (float(v) for v in sums)
     scale = 255.0 / top
-    mean_rg, mean_yb = scale * float(s_rg) / n, 0.5 * scale * float(s_yb) / n
-    var_rg = scale**2 * float(s_rg2) / n - mean_rg**2
-    var_yb = 0.25 * scale**2 * float(s_yb2) / n - mean_yb**2
+    mean_rg, mean_yb = scale * s_rg / pixels, 0.5 * scale * s_yb / pixels
+    var_rg = scale**2 * s_rg2 / pixels - mean_rg**2
+    var_yb = 0.25 * scale**2 * s_yb2 / pixels - mean_yb**2
     return float(np.sqrt(max(var_rg, 0.0) + max(var_yb, 0.0)) + 0.3 * np.hypot(mean_rg, mean_yb))
 
 
@@ -286,6 +251,7 @@ def image_metrics(
     centers: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
     max_side: int = 0,
+    colourfulness_pred: float | None = None,
 ) -> dict[str, float]:
     """All metrics for one image. Ground-truth metrics only where ground truth is given.
     `rgb_pred` is float in [0, 1], uint8 or uint16; `ab_pred` may be None without ground truth.
@@ -294,9 +260,12 @@ def image_metrics(
     longer side is at most that: colour is predicted at 1/4 of 256 px, so they barely move,
     while SSIM on a 12-megapixel scan would cost more than the colorization itself.
     Colourfulness (two sums per pixel) is always taken at full size: one pass over the image
-    costs less than making the copy.
+    costs less than making the copy, and none when `colourfulness_pred` comes with the image
+    (`colorize.finish` takes it as it writes the pixels).
     """
-    out = {"colorfulness": colourfulness(rgb_pred)}  # one pass at full size: cheaper than a copy
+    if colourfulness_pred is None:
+        colourfulness_pred = colourfulness(rgb_pred)
+    out = {"colorfulness": colourfulness_pred}
     if rgb_true is None or ab_true is None or ab_pred is None:
         return out
     out["colorfulness_delta"] = out["colorfulness"] - colourfulness(rgb_true)

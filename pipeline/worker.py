@@ -340,7 +340,9 @@ class ShardColorizer:
         dec = item.decoded
         dtype = np.uint16 if dec.bit_depth == 16 else np.uint8
         try:
-            rgb, ab = finish(dec.lightness, item.ab_low, dtype, keep_ab=dec.ab is not None)
+            rgb, ab, colourfulness = finish(
+                dec.lightness, item.ab_low, dtype, keep_ab=dec.ab is not None
+            )
             # the network's ab and input L are a thumbnail's worth of pixels: they make both
             ab_low, working = item.ab_low.cpu().numpy(), item.working.cpu().numpy()  # type: ignore[union-attr]
         except Exception as exc:  # e.g. out of memory on a huge scan
@@ -349,8 +351,9 @@ class ShardColorizer:
             item.ab_low = item.working = None
         try:
             metrics = image_metrics(
-                rgb, ab, dec.rgb, dec.ab, self.centers, self.prior, self.options.metrics_max_side
-            )
+                rgb, ab, dec.rgb, dec.ab, self.centers, self.prior,
+                self.options.metrics_max_side, colourfulness,
+            )  # fmt: skip
             if item.uncertainty is not None:
                 metrics["uncertainty"] = item.uncertainty
             # 8 bits: one PIL image over join_lab's memory for the file, previews and samples

@@ -73,3 +73,23 @@ def test_any_beyond_finds_colour_anywhere() -> None:
     assert not lab_cpu.any_beyond(ab, 2.0)
     ab[1, 49, 59] = -2.5  # the last value, negative
     assert lab_cpu.any_beyond(ab, 2.0) and not lab_cpu.any_beyond(ab, 3.0)
+
+
+def test_join_lab_sums_its_output_for_the_colourfulness() -> None:
+    """8-bit output: the opponent sums taken row by row in the join equal those of the finished
+    pixels (numpy in int64), and `finish` turns them into the output's colourfulness."""
+    from pipeline.colorize import finish
+    from pipeline.metrics import colourfulness
+
+    rng = np.random.default_rng(3)
+    lightness = rng.uniform(0, 100, (100, 130)).astype(np.float32)
+    ab_low = rng.uniform(-60, 60, (2, 25, 33)).astype(np.float32)
+    sums = np.zeros(4, np.int64)
+    rgb, _ = lab_cpu.join_lab(lightness, ab_low, np.uint8, opponent_sums=sums)
+    r, g, b = (rgb[..., c].astype(np.int64) for c in range(3))
+    rg, yb = r - g, r + g - 2 * b
+    expected = [rg.sum(), (rg * rg).sum(), yb.sum(), (yb * yb).sum()]
+    np.testing.assert_array_equal(sums, expected)
+    np.testing.assert_array_equal(lab_cpu.opponent_sums(rgb)[0], expected)  # RGBX in place
+    out, _, score = finish(lightness, torch.from_numpy(ab_low), np.uint8, keep_ab=False)
+    assert score == colourfulness(np.ascontiguousarray(out)) and score > 0
