@@ -166,6 +166,20 @@ def _upsample_rows(ab_low, x0, x1, wx, out):
                 out_row[x] = (_ONE - wx[x]) * row[x0[x]] + wx[x] * row[x1[x]]
 
 
+@_inline
+def _accumulate(sums, r, g, b):
+    """(rg, rg^2, yb', yb'^2) sums with one more pixel, in the type of r, g and b (yb' is
+    r + g - b - b: a literal 2 would widen int32 sums to int64)."""
+    rg, yb = r - g, r + g - b - b
+    return sums[0] + rg, sums[1] + rg * rg, sums[2] + yb, sums[3] + yb * yb
+
+
+@_inline
+def _add_to(sums, totals):
+    for i in range(4):
+        sums[i] += totals[i]
+
+
 def _opponent_kernel(exact: bool) -> Any:
     """A kernel adding the sums of rg, rg^2, yb' and yb'^2 (rg = r - g, yb' = r + g - 2b: what
     `metrics.colourfulness` needs) of RGB rows (H, W * 3) to `sums`. Integer pixels are summed
@@ -177,19 +191,11 @@ def _opponent_kernel(exact: bool) -> Any:
     def add_rows(rows, sums):  # pragma: no cover - compiled
         for y in range(rows.shape[0]):
             row = rows[y]
-            rg_sum = rg_squares = yb_sum = yb_squares = zero
+            totals = (zero, zero, zero, zero)
             for k in range(row.shape[0] // 3):
                 r, g, b = number(row[3 * k]), number(row[3 * k + 1]), number(row[3 * k + 2])
-                rg = r - g
-                yb = r + g - 2 * b
-                rg_sum += rg
-                rg_squares += rg * rg
-                yb_sum += yb
-                yb_squares += yb * yb
-            sums[0] += rg_sum
-            sums[1] += rg_squares
-            sums[2] += yb_sum
-            sums[3] += yb_squares
+                totals = _accumulate(totals, r, g, b)
+            _add_to(sums, totals)
 
     return add_rows
 
@@ -197,7 +203,7 @@ def _opponent_kernel(exact: bool) -> Any:
 _OPPONENT_RGB = {exact: _opponent_kernel(exact) for exact in (True, False)}
 _SEGMENT = 8192  # RGBX pixels summed in int32: 8192 * 510^2 (the largest yb'^2) < 2^31
 # int32 constants keep the loop in int32
-_BYTE, _TWO, _SHIFT_G, _SHIFT_B = np.int32(255), np.int32(2), np.int32(8), np.int32(16)
+_BYTE, _SHIFT_G, _SHIFT_B = np.int32(255), np.int32(8), np.int32(16)
 
 
 @_jit
@@ -205,20 +211,13 @@ def _add_rgbx_segment(words, sums):
     """At most `_SEGMENT` RGBX pixels as little-endian 32-bit words (R in the low byte): their
     opponent sums (as `_opponent_kernel`'s) in int32, eight or sixteen pixels to a vector,
     four times the int64 sums over bytes; exact."""
-    rg_sum = rg_squares = yb_sum = yb_squares = np.int32(0)
+    zero = np.int32(0)
+    totals = (zero, zero, zero, zero)
     for k in range(words.shape[0]):
         word = np.int32(words[k])
         r, g, b = word & _BYTE, (word >> _SHIFT_G) & _BYTE, (word >> _SHIFT_B) & _BYTE
-        rg = r - g
-        yb = r + g - _TWO * b
-        rg_sum += rg
-        rg_squares += rg * rg
-        yb_sum += yb
-        yb_squares += yb * yb
-    sums[0] += rg_sum
-    sums[1] += rg_squares
-    sums[2] += yb_sum
-    sums[3] += yb_squares
+        totals = _accumulate(totals, r, g, b)
+    _add_to(sums, totals)
 
 
 @_jit
