@@ -155,8 +155,8 @@ def decode_pil(img: Image.Image) -> Decoded:
         return Decoded(lightness, None, None, 8, meta, plain_gray_jpeg)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
         rgb8 = np.asarray(_flatten_alpha(img))
-    else:  # RGB, P, CMYK
-        rgb8 = np.asarray(img.convert("RGB"))
+    else:  # RGB (read as it is: Pillow's convert to its own mode copies), P, CMYK
+        rgb8 = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     lightness, ab = rgb8_to_lab(rgb8)
     is_colour = any_beyond(ab, GRAY_TOLERANCE)
     if not is_colour:

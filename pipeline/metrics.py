@@ -139,6 +139,12 @@ def _slide(entering, leaving, out):
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
+def _add_product(a, b, out):
+    for j in range(out.shape[0]):
+        out[j] += a[j] * b[j]
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
 def _box_rows(image, out):
     """Sums of SSIM_WINDOW horizontal neighbours: (H, W) -> (H, W - window + 1)."""
     width = out.shape[1]
@@ -146,6 +152,16 @@ def _box_rows(image, out):
         out[i] = 0.0
         for k in range(SSIM_WINDOW):
             _add(image[i, k : k + width], out[i])
+
+
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _box_product_rows(x, y, out):
+    """As `_box_rows` of x * y, the products made as they are summed (no product image)."""
+    width = out.shape[1]
+    for i in range(x.shape[0]):
+        out[i] = 0.0
+        for k in range(SSIM_WINDOW):
+            _add_product(x[i, k : k + width], y[i, k : k + width], out[i])
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
@@ -171,9 +187,9 @@ def _ssim_mean(x, y, c1, c2):
     rows = np.empty((5, height, width))
     _box_rows(x, rows[0])
     _box_rows(y, rows[1])
-    _box_rows(x * x, rows[2])
-    _box_rows(y * y, rows[3])
-    _box_rows(x * y, rows[4])
+    _box_product_rows(x, x, rows[2])
+    _box_product_rows(y, y, rows[3])
+    _box_product_rows(x, y, rows[4])
     window = np.zeros((5, width))
     for m in range(5):
         for k in range(SSIM_WINDOW):
