@@ -175,9 +175,8 @@ def write_bytes(uri: str, data: bytes, *, atomic: bool = True) -> None:
         _s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
         return
     path = Path(uri)
-    target = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    if not atomic:
-        target = path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    target = tmp if atomic else path
     try:
         target.write_bytes(data)
     except FileNotFoundError:  # the folder's first file: made then, not asked for every file

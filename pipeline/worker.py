@@ -95,9 +95,9 @@ def keep_freed_memory() -> None:
     first, over 128 kB (a 1024-px image's 4 MB arrays) were mapped afresh for every image, and
     each thread's own heap (64 MB at most) was unmapped whenever it emptied: the kernel then
     zero-filled all of that memory again for the next image (5-20% of an image's CPU time,
-    docs/benchmarks.md). The one-heap setting binds the
-    threads started from here on; WORKER_ENV's MALLOC_ARENA_MAX binds a worker process's from
-    its start. Elsewhere than glibc, nothing changes."""
+    docs/benchmarks.md). The one-heap setting binds the threads started from here on;
+    WORKER_ENV's MALLOC_ARENA_MAX binds a worker process's from its start. Elsewhere than
+    glibc, nothing changes."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
