@@ -83,37 +83,52 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
         print(f"  {result['gallery']}  (review gallery: open it in a browser)")
 
 
+RECIPE_OPTIONS = (
+    "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
+    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "degrade", "workers",
+    "checkpoint_every", "soft_k", "seed", "image_column", "id_column",
+)  # fmt: skip
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in RECIPE_OPTIONS}
+
+
 def _train(args: argparse.Namespace) -> int:
     from flows.train import train_model
 
     result = train_model(
         source=args.source,
         out=args.out,
-        arch=args.arch,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        crop=args.crop,
-        prepared=args.prepared,
-        scale_min=args.scale_min,
-        trainable_stages=args.trainable_stages,
-        unfreeze_at=args.unfreeze_at,
-        encoder_lr_scale=args.encoder_lr_scale,
-        ema_decay=args.ema_decay,
         val_fraction=args.val_fraction,
-        workers=args.workers,
-        checkpoint_every=args.checkpoint_every,
-        soft_k=args.soft_k,
-        seed=args.seed,
-        image_column=args.image_column,
-        id_column=args.id_column,
+        fold=args.fold,
+        ray_address=args.ray_address,
+        s3_endpoint_url=args.s3_endpoint_url,
+        show_progress=True,
+        **_recipe(args),
+    )
+    print(f"model: {result['model']} ({result['train_images']} training photos)")
+    _print_evaluation(result)
+    return 0
+
+
+def _crossval(args: argparse.Namespace) -> int:
+    from flows.crossval import cross_validate
+
+    result = cross_validate(
+        source=args.source,
+        out=args.out,
+        recipe=_recipe(args),
+        folds=args.folds,
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
     )
-    print(f"model: {result['model']} ({result['train_images']} training photos)")
-    _print_evaluation(result)
+    for inputs in ("clean", "old_print"):
+        for name, f in result[inputs].items():
+            print(f"{inputs:9s} {name:34s} {f['mean']:+7.2f} +- {f['std']:.2f} "
+                  f"({f['folds']} folds)")  # fmt: skip
+    print(f"report: {args.out}/crossval.md")
     return 0
 
 
@@ -126,6 +141,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         split=args.split,
         val_fraction=args.val_fraction,
+        fold=args.fold,
+        degrade=args.degrade,
         temperature=args.temperature,
         image_column=args.image_column,
         id_column=args.id_column,
@@ -285,73 +302,104 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--image-column", default="image", help="Parquet image column")
     common.add_argument("--id-column", default="id", help="Parquet id column")
     common.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
-
-    train = sub.add_parser(
-        "train",
-        parents=[common],
-        help="train a model on colour photos (Ray Train); re-running resumes",
-        description="Train on the colour photos of SOURCE (Parquet archive or image folder) "
-        "into OUT: checkpoints, model.safetensors + model.json, loss.png, evaluation/.",
+    common.add_argument(
+        "--fold",
+        type=int,
+        default=0,
+        help="validation fold: the ids hashed into [fold, fold + 1) x --val-fraction (default 0)",
     )
-    train.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
-    train.add_argument("out", help="run folder or s3:// prefix (checkpoints, model, report)")
-    train.add_argument(
+    recipe = argparse.ArgumentParser(add_help=False)  # what `train` trains, and how
+    recipe.add_argument(
         "--arch",
-        choices=("small", "eccv16", "lite0"),  # models.nets.ARCHITECTURES (torch-free here)
+        choices=("small", "eccv16", "lite0", "lite0-plain", "lite2", "lite2-plain"),
+        # models.nets.ARCHITECTURES (torch-free here)
         default="lite0",
-        help="network: lite0 (ImageNet encoder, the default), small or eccv16 (from scratch)",
+        help="network: lite0/lite2 (an ImageNet EfficientNet-Lite encoder under the context "
+        "decoder; -plain: the plain decoder), small or eccv16 (from scratch) (default lite0)",
     )
-    train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
-    train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
-    train.add_argument(
+    recipe.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    recipe.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
+    recipe.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    recipe.add_argument(
         "--lr-schedule",
         choices=("cosine", "constant"),
         default="cosine",
         help="after warm-up (default cosine)",
     )
-    train.add_argument("--crop", type=int, default=176, help="random crop size (176)")
-    train.add_argument(
+    recipe.add_argument("--crop", type=int, default=176, help="random crop size (176)")
+    recipe.add_argument(
         "--prepared",
         type=int,
         default=None,
         help="side of the square each photo is resized to once; crops are drawn in it "
         "(default: 16/11 of --crop, 256 for 176, as the paper's data layer)",
     )
-    train.add_argument(
+    recipe.add_argument(
         "--scale-min",
         type=float,
         default=0.3,
         help="random resized crops: least area fraction of the square (default 0.3; 1: plain)",
     )
-    train.add_argument(
+    recipe.add_argument(
         "--trainable-stages",
         type=int,
         default=0,
         help="lite0: top encoder stages (of 7, +1 for the stem) that train (default 0: frozen)",
     )
-    train.add_argument(
+    recipe.add_argument(
         "--unfreeze-at", type=int, default=0, help="lite0: step from which those stages learn (0)"
     )
-    train.add_argument(
+    recipe.add_argument(
         "--encoder-lr-scale",
         type=float,
         default=0.1,
         help="lite0: their learning rate as a fraction of --lr (default 0.1)",
     )
-    train.add_argument(
+    recipe.add_argument(
         "--ema-decay",
         type=float,
         default=0.999,
         help="ship a moving average of the weights with this decay (default 0.999; 0: off)",
     )
-    train.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    train.add_argument(
+    recipe.add_argument(
+        "--degrade",
+        type=float,
+        default=0.0,
+        help="share of training crops whose L input is degraded as an old print (faded, soft, "
+        "grain, dust, JPEG) at random strengths; the target keeps the clean colours (default 0)",
+    )
+    recipe.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    recipe.add_argument(
         "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
     )
-    train.add_argument("--soft-k", type=int, default=5, help="soft-encoding neighbours (5)")
-    train.add_argument("--seed", type=int, default=0, help="crops, flips and init (default 0)")
+    recipe.add_argument("--soft-k", type=int, default=5, help="soft-encoding neighbours (5)")
+    recipe.add_argument("--seed", type=int, default=0, help="crops, flips and init (default 0)")
+
+    train = sub.add_parser(
+        "train",
+        parents=[common, recipe],
+        help="train a model on colour photos (Ray Train); re-running resumes",
+        description="Train on the colour photos of SOURCE (Parquet archive or image folder) "
+        "into OUT: checkpoints, model.safetensors + model.json, loss.png, evaluation/.",
+    )
+    train.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
+    train.add_argument("out", help="run folder or s3:// prefix (checkpoints, model, report)")
     train.set_defaults(func=_train)
+
+    cv = sub.add_parser(
+        "crossval",
+        parents=[where, recipe],
+        help="k-fold cross-validation of a training recipe (mean and spread over folds)",
+        description="Train the recipe (the train command's options) once per fold of SOURCE, "
+        "holding that fold out, and score each model on it against the gray baseline, clean "
+        "and as old prints: OUT/crossval.md and crossval.json. Re-running resumes.",
+    )
+    cv.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
+    cv.add_argument("out", help="folder or s3:// prefix: fold-N/ runs, crossval.md/.json")
+    cv.add_argument("--folds", type=int, default=5, help="folds, by id hash (default 5)")
+    cv.add_argument("--image-column", default="image", help="Parquet image column")
+    cv.add_argument("--id-column", default="id", help="Parquet id column")
+    cv.set_defaults(func=_crossval)
 
     ev = sub.add_parser(
         "evaluate",
@@ -368,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows scored, by id hash as in training (default val)",
     )
     ev.add_argument("--temperature", type=float, default=None, help="default: the model's")
+    ev.add_argument(
+        "--degrade",
+        action="store_true",
+        help="score the old-print versions of the photos (faded, soft, grain, dust, JPEG 45: "
+        "pipeline/degrade.py OLD_PRINT) against their clean colours",
+    )
     ev.set_defaults(func=_evaluate)
 
     export = sub.add_parser(

@@ -20,6 +20,7 @@ from pipeline.evaluate import (
 )
 from pipeline.runner import ensure_ray
 from pipeline.shards import ColumnNames, SourceError, list_shards
+from pipeline.training import check_fold
 
 
 @task(cache_policy=NO_CACHE)
@@ -29,6 +30,8 @@ def evaluate_shards(
     model: str,
     split: str,
     val_fraction: float,
+    fold: int,
+    degrade: bool,
     columns: ColumnNames,
     temperature: float | None,
     s3_endpoint_url: str | None,
@@ -44,6 +47,8 @@ def evaluate_shards(
             shard,
             split=split,
             val_fraction=val_fraction,
+            fold=fold,
+            degrade=degrade,
             columns=columns,
             temperature=temperature,
             s3_endpoint_url=s3_endpoint_url,
@@ -64,6 +69,8 @@ def evaluate_model(
     out: str = "out/evaluate",
     split: str = "val",
     val_fraction: float = 0.1,
+    fold: int = 0,
+    degrade: bool = False,
     temperature: float | None = None,
     image_column: str = "image",
     id_column: str = "id",
@@ -71,9 +78,14 @@ def evaluate_model(
     s3_endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Score MODEL and the gray baseline on the colour photos of SPLIT of SOURCE; write
-    OUT/evaluation.json, evaluation.md and contact_sheet.png."""
+    OUT/evaluation.json, evaluation.md and contact_sheet.png. SPLIT and FOLD select rows by
+    id hash as training does; DEGRADE scores the old-print versions of the photos."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    try:
+        check_fold(fold, val_fraction)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     storage.configure(s3_endpoint_url)
     check_model(model)
     ensure_ray(ray_address)
@@ -83,11 +95,16 @@ def evaluate_model(
         model,
         split,
         val_fraction,
+        fold,
+        degrade,
         ColumnNames(image_column, id_column),
         temperature,
         s3_endpoint_url,
     )
-    evaluation.update(split=split, val_fraction=val_fraction, source=source, model=model)
+    evaluation.update(
+        split=split, val_fraction=val_fraction, fold=fold, degrade=degrade, source=source,
+        model=model,
+    )  # fmt: skip
     markdown = evaluation_markdown(evaluation, model, source, split)
     writer: Any = ray.remote(num_cpus=0)(write_evaluation)  # samples stay out of the flow
     artifact = ray.get(writer.remote(out, evaluation, markdown, s3_endpoint_url))

@@ -177,7 +177,9 @@ def train_model(
     unfreeze_at: int = 0,
     encoder_lr_scale: float = 0.1,
     ema_decay: float = 0.999,
+    degrade: float = 0.0,
     val_fraction: float = 0.1,
+    fold: int = 0,
     workers: int = 1,
     checkpoint_every: int = 200,
     soft_k: int = 5,
@@ -195,8 +197,8 @@ def train_model(
         arch=arch, steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
         crop=crop, prepared=prepared or max(crop, round(crop * 16 / 11 / 8) * 8),
         scale_min=scale_min, trainable_stages=trainable_stages, unfreeze_at=unfreeze_at,
-        encoder_lr_scale=encoder_lr_scale, ema_decay=ema_decay,
-        val_fraction=val_fraction,
+        encoder_lr_scale=encoder_lr_scale, ema_decay=ema_decay, degrade=degrade,
+        val_fraction=val_fraction, fold=fold,
         workers=workers, checkpoint_every=checkpoint_every, soft_k=soft_k, seed=seed,
         image_column=image_column, id_column=id_column,
     )  # fmt: skip
@@ -214,7 +216,7 @@ def train_model(
     evaluation = evaluate_model(
         source=archive,
         model=model_uri, out=storage.join(out, "evaluation"), split="val",
-        val_fraction=val_fraction, image_column=image_column, id_column=id_column,
+        val_fraction=val_fraction, fold=fold, image_column=image_column, id_column=id_column,
         ray_address=ray_address, s3_endpoint_url=s3_endpoint_url,
     )  # fmt: skip
     card_metrics = {k: v for k, v in evaluation.items() if k != "samples"}

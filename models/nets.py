@@ -11,20 +11,25 @@ as is.
 `width` scales every channel count: 1.0 is the paper's net (~32 M parameters); 0.25 is our
 CPU-friendly "small" net (~2 M parameters), the same drawing at a quarter of the width.
 
-`Lite0ColorNet` ("lite0") keeps the paper's input, output and head but learns its features
-from ImageNet: an EfficientNet-Lite0 encoder (pretrained; see models/efficientnet.py), a
-decoder back to 1/4 resolution that joins the encoder's maps at strides 32, 16, 8 and 4
-(dilated, wide-context convs at 1/16, as the paper's blocks 5-6), a global scene vector from
-the ImageNet head mixed in at the top, and the same 1x1 classifier over Q ab bins.
+`LiteColorNet` ("lite0", "lite2", ...) keeps the paper's input, output and head but learns its
+features from ImageNet: an EfficientNet-Lite encoder (pretrained; see models/efficientnet.py),
+a decoder back to 1/4 resolution that joins the encoder's maps at strides 32, 16, 8 and 4, and
+the same 1x1 classifier over Q ab bins. Two decoders: "context" (two convs a scale, dilated
+wide-context convs at 1/16 as the paper's blocks 5-6, and a global scene vector from the
+ImageNet head mixed in at the top) and "plain" (one conv a scale, fewer channels: less to
+fit when the training photos are few). The architecture's name is `<encoder>` for the
+context decoder, `<encoder>-plain` for the plain one.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.efficientnet import FEATURE_CHANNELS, HEAD_CHANNELS, EfficientNetLite0, normalise
+from models.efficientnet import HEAD_CHANNELS, EfficientNetLite, feature_channels, normalise
 from models.lab import lab_to_rgb
 
 ECCV16_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 256)
@@ -85,31 +90,50 @@ def conv_bn_relu(c_in: int, c_out: int, dilation: int = 1) -> list[nn.Module]:
     ]
 
 
-class Lite0ColorNet(nn.Module):
+class LiteColorNet(nn.Module):
     """Centred L (N, 1, H, W) -> logits over Q ab bins (N, Q, H/4, W/4); H, W multiples of 32.
 
     The encoder sees the gray image as the ImageNet net would see a gray photo: L (with a = b
     = 0) as sRGB, normalised. Its BatchNorm always keeps its ImageNet statistics (eval mode):
     batches of a few gray crops would give noisy statistics far from what the weights expect.
     `trainable_stages` sets how many of the encoder's top stages (and the ImageNet head) train;
-    the rest is frozen. Channels of the decoder at strides 32, 16, 8, 4: `DECODER`.
+    the rest is frozen. Channels of the decoder at strides 32, 16, 8, 4: `DECODERS`.
     """
 
-    DECODER = (256, 128, 80, 48)
+    DECODERS: ClassVar[dict[str, tuple[int, ...]]] = {
+        "context": (256, 128, 80, 48),
+        "plain": (160, 112, 80, 64),
+    }
     CONTEXT = 128  # width of the global scene vector
 
-    def __init__(self, num_bins: int, trainable_stages: int = 0, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_bins: int,
+        encoder: str = "lite0",
+        decoder: str = "context",
+        trainable_stages: int = 0,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
-        c4, c8, c16, c32 = FEATURE_CHANNELS
-        d32, d16, d8, d4 = self.DECODER
-        self.encoder = EfficientNetLite0()
-        self.context = nn.Sequential(nn.Linear(HEAD_CHANNELS, self.CONTEXT), nn.ReLU(inplace=True))
-        self.top = nn.Sequential(*conv_bn_relu(c32 + self.CONTEXT, d32))  # 1/32
-        self.up16 = nn.Sequential(  # 1/16: wide context, dilated as the paper's blocks 5-6
-            *conv_bn_relu(d32 + c16, d16), *conv_bn_relu(d16, d16, dilation=2)
-        )
-        self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8), *conv_bn_relu(d8, d8))  # 1/8
-        self.up4 = nn.Sequential(*conv_bn_relu(d8 + c4, d4), *conv_bn_relu(d4, d4))  # 1/4
+        c4, c8, c16, c32 = feature_channels(encoder)
+        d32, d16, d8, d4 = self.DECODERS[decoder]
+        self.encoder = EfficientNetLite(encoder)
+        self.context: nn.Module | None = None
+        if decoder == "context":
+            self.context = nn.Sequential(
+                nn.Linear(HEAD_CHANNELS, self.CONTEXT), nn.ReLU(inplace=True)
+            )
+            self.top = nn.Sequential(*conv_bn_relu(c32 + self.CONTEXT, d32))  # 1/32
+            self.up16 = nn.Sequential(  # 1/16: wide context, dilated as the paper's blocks 5-6
+                *conv_bn_relu(d32 + c16, d16), *conv_bn_relu(d16, d16, dilation=2)
+            )
+            self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8), *conv_bn_relu(d8, d8))  # 1/8
+            self.up4 = nn.Sequential(*conv_bn_relu(d8 + c4, d4), *conv_bn_relu(d4, d4))  # 1/4
+        else:  # plain: one conv a scale
+            self.top = nn.Sequential(*conv_bn_relu(c32, d32))
+            self.up16 = nn.Sequential(*conv_bn_relu(d32 + c16, d16))
+            self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8))
+            self.up4 = nn.Sequential(*conv_bn_relu(d8 + c4, d4))
         self.classify = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(d4, num_bins, 1))
         self.set_trainable_stages(trainable_stages)
 
@@ -128,7 +152,7 @@ class Lite0ColorNet(nn.Module):
     def decoder_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
 
-    def train(self, mode: bool = True) -> Lite0ColorNet:
+    def train(self, mode: bool = True) -> LiteColorNet:
         super().train(mode)
         self.encoder.eval()  # ImageNet BatchNorm statistics, always (see the class docstring)
         return self
@@ -136,8 +160,10 @@ class Lite0ColorNet(nn.Module):
     def forward(self, lightness: Tensor) -> Tensor:
         gray = lab_to_rgb(F.pad(lightness * 100.0 + 50.0, (0, 0, 0, 0, 0, 2)))  # a = b = 0
         f4, f8, f16, f32 = self.encoder.features(normalise(gray))
-        scene = self.context(self.encoder.head(f32).mean(dim=(2, 3)))
-        x = self.top(torch.cat([f32, scene[:, :, None, None].expand(-1, -1, *f32.shape[2:])], 1))
+        if self.context is not None:
+            scene = self.context(self.encoder.head(f32).mean(dim=(2, 3)))
+            f32 = torch.cat([f32, scene[:, :, None, None].expand(-1, -1, *f32.shape[2:])], 1)
+        x = self.top(f32)
         x = self.up16(torch.cat([upsample(x, f16), f16], 1))
         x = self.up8(torch.cat([upsample(x, f8), f8], 1))
         x = self.up4(torch.cat([upsample(x, f4), f4], 1))
@@ -148,13 +174,20 @@ def upsample(x: Tensor, like: Tensor) -> Tensor:
     return F.interpolate(x, size=like.shape[2:], mode="bilinear", align_corners=False)
 
 
-ARCHITECTURES = ("eccv16", "small", "lite0")
 ECCV16_WIDTHS: dict[str, float] = {"eccv16": 1.0, "small": 0.25}
+LITE_ARCHITECTURES: dict[str, tuple[str, str]] = {  # name -> (encoder, decoder)
+    "lite0": ("lite0", "context"),
+    "lite0-plain": ("lite0", "plain"),
+    "lite2": ("lite2", "context"),
+    "lite2-plain": ("lite2", "plain"),
+}
+ARCHITECTURES = (*ECCV16_WIDTHS, *LITE_ARCHITECTURES)
 
 
 def make_net(arch: str, num_bins: int) -> nn.Module:
-    if arch == "lite0":
-        return Lite0ColorNet(num_bins)
+    if arch in LITE_ARCHITECTURES:
+        encoder, decoder = LITE_ARCHITECTURES[arch]
+        return LiteColorNet(num_bins, encoder, decoder)
     if arch not in ECCV16_WIDTHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHITECTURES)}")
     return ECCV16Net(num_bins, width=ECCV16_WIDTHS[arch])

@@ -7,6 +7,8 @@ Deterministic, so re-running it reproduces the figures a model card records.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -19,7 +21,8 @@ from pipeline import storage
 from pipeline.artifact import artifact_markdown
 from pipeline.color import lab_to_rgb
 from pipeline.colorize import finish, predict_low
-from pipeline.images import ImageError, decode_image
+from pipeline.degrade import OLD_PRINT, degrade_lightness
+from pipeline.images import Decoded, ImageError, decode_image
 from pipeline.metrics import image_metrics
 from pipeline.previews import gray_and_colour
 from pipeline.report import contact_sheet, sample_pair, sample_strip
@@ -38,12 +41,21 @@ def gray_baseline(lightness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lab_to_rgb(lab).permute(1, 2, 0).numpy(), ab
 
 
+def old_print_version(decoded: Decoded, row_id: str) -> Decoded:
+    """The photo with its L degraded as an old print (the same for an id on every run)."""
+    seed = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big")
+    lightness = degrade_lightness(decoded.lightness, OLD_PRINT, np.random.default_rng(seed))
+    return dataclasses.replace(decoded, lightness=lightness)
+
+
 def evaluate_shard(
     model: str,
     shard: Shard,
     *,
     split: str = "val",
     val_fraction: float = 0.1,
+    fold: int = 0,
+    degrade: bool = False,
     columns: ColumnNames | None = None,
     temperature: float | None = None,
     batch_size: int = 4,
@@ -53,7 +65,10 @@ def evaluate_shard(
     metrics_max_side: int = 512,
 ) -> dict[str, Any]:
     """Scores of the model and of the gray baseline over the colour photos of `split` in
-    `shard`: {"shard", "model": ShardStats JSON, "gray": ShardStats JSON, "skipped": {...}}."""
+    `shard`: {"shard", "model": ShardStats JSON, "gray": ShardStats JSON, "skipped": {...}}.
+
+    With `degrade`, both see the old-print version of each photo's L (`OLD_PRINT`, seeded by
+    its id) and are scored against its clean colours."""
     storage.configure(s3_endpoint_url)
     colorizer = models.load(resolve_model(model))
     scored = {name: ShardStats(shard.name, shard.uri, "") for name in ("model", "gray")}
@@ -64,7 +79,7 @@ def evaluate_shard(
     for batch in read_batches(shard, cols, batch_size):
         kept = []
         for row_id, load in zip(batch.ids, batch.loaders, strict=True):
-            if split != "all" and split_of(row_id, val_fraction) != split:
+            if split != "all" and split_of(row_id, val_fraction, fold) != split:
                 skipped["other_split"] += 1
                 continue
             try:
@@ -76,6 +91,8 @@ def evaluate_shard(
                 skipped["unreadable"] += 1
             elif decoded.rgb is None:
                 skipped["gray_input"] += 1
+            elif degrade:
+                kept.append(old_print_version(decoded, row_id))
             else:
                 kept.append(decoded)
         if not kept:

@@ -7,7 +7,7 @@ Each training worker then draws its own random crops and flips, converts to Lab 
 soft-encodes on the fly, with random numbers derived from (seed, step, rank): a run resumed
 from a checkpoint at step s sees exactly the batches an uninterrupted run would have.
 
-The `lite0` net starts from ImageNet: its encoder is frozen except for the top
+A `lite*` net starts from ImageNet: its encoder is frozen except for the top
 `trainable_stages`, which learn at `encoder_lr_scale` times the rate from step `unfreeze_at`
 on (their BatchNorm keeps its ImageNet statistics; see models/nets.py). An exponential moving
 average of the weights (`ema_decay`) is what the run ships.
@@ -32,8 +32,8 @@ from PIL import Image
 
 import models
 from models.bins import gamut_bin_centers
-from models.imagenet import lite0_imagenet_state
-from models.nets import ARCHITECTURES, Lite0ColorNet
+from models.imagenet import imagenet_state
+from models.nets import ARCHITECTURES, LiteColorNet
 from models.targets import (
     bin_histogram,
     rebalance_weights,
@@ -42,6 +42,7 @@ from models.targets import (
 )
 from pipeline import storage
 from pipeline.color import rgb_to_lab
+from pipeline.degrade import degrade_lightness, random_old_print
 from pipeline.images import ImageError, decode_image
 from pipeline.shards import image_bytes_column
 
@@ -49,10 +50,13 @@ CHECKPOINTS = "checkpoints"
 PROGRESS = "progress.json"
 
 
-def split_of(row_id: str, val_fraction: float) -> str:
-    """The split of a row, from a hash of its id: stable across runs, machines and shardings."""
+def split_of(row_id: str, val_fraction: float, fold: int = 0) -> str:
+    """The split of a row, from a hash of its id: stable across runs, machines and shardings.
+
+    Fold f holds out the ids hashed into [f * val_fraction, (f + 1) * val_fraction): with
+    val_fraction 1/k, folds 0..k-1 partition the corpus (k-fold cross-validation)."""
     h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big") / 2.0**64
-    return "val" if h < val_fraction else "train"
+    return "val" if fold * val_fraction <= h < (fold + 1) * val_fraction else "train"
 
 
 @dataclass
@@ -72,11 +76,13 @@ class TrainConfig:
     soft_sigma: float = 5.0
     prior_sigma: float = 5.0
     rebalance_lambda: float = 0.5
-    trainable_stages: int = 0  # lite0: top encoder stages that train (0: frozen encoder)
-    unfreeze_at: int = 0  # lite0: the step from which those stages learn
-    encoder_lr_scale: float = 0.1  # lite0: their learning rate, relative to --lr
+    trainable_stages: int = 0  # lite*: top encoder stages that train (0: frozen encoder)
+    unfreeze_at: int = 0  # lite*: the step from which those stages learn
+    encoder_lr_scale: float = 0.1  # lite*: their learning rate, relative to --lr
     ema_decay: float = 0.999  # moving average of the weights, shipped instead of the last ones
+    degrade: float = 0.0  # share of crops whose L input is degraded as an old print
     val_fraction: float = 0.1
+    fold: int = 0  # which val_fraction-wide slice of the id hashes is held out
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
@@ -106,12 +112,24 @@ class TrainConfig:
             raise ValueError(f"--scale-min must be in (0, 1], got {self.scale_min}")
         if not 0 <= self.trainable_stages <= 8:
             raise ValueError(f"--trainable-stages must be in 0..8, got {self.trainable_stages}")
-        if self.trainable_stages and self.arch != "lite0":
-            raise ValueError("--trainable-stages applies to --arch lite0 only")
+        if self.trainable_stages and not self.arch.startswith("lite"):
+            raise ValueError("--trainable-stages applies to the lite* architectures only")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.degrade <= 1:
+            raise ValueError(f"--degrade must be in [0, 1], got {self.degrade}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_fold(self.fold, self.val_fraction)
+
+
+def check_fold(fold: int, val_fraction: float) -> None:
+    folds = math.floor(1 / val_fraction + 1e-9) if val_fraction else 1
+    if not 0 <= fold < folds:
+        raise ValueError(
+            f"--fold must be in 0..{folds - 1} for --val-fraction {val_fraction} "
+            f"(fold f holds out the ids hashed into [f * fraction, (f + 1) * fraction))"
+        )
 
 
 # -- data (Ray Data) -----------------------------------------------------------------------
@@ -138,7 +156,7 @@ def prepare_batch(batch: pa.Table, config: TrainConfig, split: str) -> dict[str,
     blobs = image_bytes_column(batch.column(config.image_column))
     keep_ids, photos = [], []
     for row_id, blob in zip(ids, blobs, strict=True):
-        if split_of(row_id, config.val_fraction) != split or not blob:
+        if split_of(row_id, config.val_fraction, config.fold) != split or not blob:
             continue
         photo = prepare_photo(blob, config.prepared)
         if photo is not None:
@@ -260,6 +278,21 @@ def random_crop(photo: np.ndarray, config: TrainConfig, rng: np.random.Generator
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
+def degraded_input(
+    lightness: torch.Tensor, config: TrainConfig, step: int, rank: int
+) -> torch.Tensor:
+    """L (N, 1, S, S) with a `config.degrade` share of its images turned into old prints at
+    random strengths (deterministic in (seed, step, rank)); the target keeps the clean ab."""
+    if config.degrade <= 0:
+        return lightness
+    rng = np.random.default_rng([config.seed, step, rank, 3])
+    out = lightness.detach().cpu().numpy().copy()
+    for i in range(len(out)):
+        if rng.random() < config.degrade:
+            out[i, 0] = degrade_lightness(out[i, 0], random_old_print(rng), rng)
+    return torch.from_numpy(out).to(lightness.device)
+
+
 def train_step(
     net: torch.nn.Module,
     colorizer: models.Colorizer,
@@ -267,8 +300,11 @@ def train_step(
     rgb: torch.Tensor,
     weights: torch.Tensor,
     config: TrainConfig,
+    step: int = 0,
+    rank: int = 0,
 ) -> float:
     lightness, ab = ab_targets(rgb.to(colorizer.device))
+    lightness = degraded_input(lightness, config, step, rank)
     logits = net((lightness - colorizer.l_center) / colorizer.l_scale)
     loss = rebalanced_cross_entropy(
         logits, ab, colorizer.centers, weights, k=config.soft_k, sigma=config.soft_sigma
@@ -281,7 +317,7 @@ def train_step(
 
 def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam; a pretrained encoder's trainable stages form their own group ("encoder")."""
-    if isinstance(net, Lite0ColorNet):
+    if isinstance(net, LiteColorNet):
         groups = [{"params": net.decoder_parameters(), "name": "decoder"}]
         if net.encoder_parameters():
             groups.append({"params": net.encoder_parameters(), "name": "encoder"})
@@ -303,8 +339,8 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig, st
 
 def init_net(colorizer: models.Colorizer, config: TrainConfig) -> None:
     """Before the first step: ImageNet weights in a pretrained encoder, and what trains."""
-    if isinstance(colorizer.net, Lite0ColorNet):
-        colorizer.net.encoder.load_state_dict(lite0_imagenet_state())
+    if isinstance(colorizer.net, LiteColorNet):
+        colorizer.net.encoder.load_state_dict(imagenet_state(colorizer.net.encoder.variant))
         colorizer.net.set_trainable_stages(config.trainable_stages)
 
 
@@ -361,9 +397,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(start, config.steps):
         set_learning_rates(optimizer, config, step)
         torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
-        loss = train_step(
-            net, colorizer, optimizer, sample_batch(photos, config, step, rank), weights, config
-        )
+        batch = sample_batch(photos, config, step, rank)
+        loss = train_step(net, colorizer, optimizer, batch, weights, config, step, rank)
         if config.ema_decay:
             update_ema(ema, colorizer.net, config.ema_decay, step)
         history.append(loss)

@@ -1,0 +1,104 @@
+"""Prefect flow: k-fold cross-validation of a training recipe.
+
+The corpus is packed once; fold f trains the recipe (the `train_model` flow) with the ids
+hashed into [f/k, (f+1)/k) held out, and scores the model on them against the gray baseline,
+on clean inputs (training's own evaluation) and on their old-print versions. The figures of
+every fold, their mean and spread go to OUT/crossval.json and crossval.md. Re-running resumes:
+a fold whose evaluations exist is not trained again, and an interrupted one resumes from its
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.colorize import ConfigError
+from flows.evaluate import evaluate_model
+from flows.train import train_model
+from pipeline import storage
+from pipeline.crossval import crossval_markdown, fold_figures, summarise
+from pipeline.pack import pack_images
+from pipeline.shards import SourceError
+
+
+def packed_archive(source: str, out: str) -> str:
+    """SOURCE if it holds Parquet shards, else its images packed once under OUT/data."""
+    try:
+        if any(u.endswith(".parquet") for u in storage.list_files(source)):
+            return source
+        packed = storage.join(out, "data")
+        if not any(u.endswith(".parquet") for u in storage.list_files(packed)):
+            pack_images(source, packed)
+        return packed
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(storage.read_bytes(uri))
+    except (FileNotFoundError, OSError):
+        return None
+    return data
+
+
+@flow(name="cross-validate")
+def cross_validate(
+    source: str,
+    out: str,
+    recipe: dict[str, Any] | None = None,
+    folds: int = 5,
+    ray_address: str | None = None,
+    s3_endpoint_url: str | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Train RECIPE (`train_model` options) FOLDS times on SOURCE, each time holding out one
+    fold, and score each model on its fold, clean and as old prints."""
+    recipe = dict(recipe or {})
+    if not 2 <= folds <= 20:
+        raise ConfigError(f"--folds must be in 2..20, got {folds}")
+    for name in ("val_fraction", "fold", "source", "out"):
+        if name in recipe:
+            raise ConfigError(f"cross-validation sets {name} itself; do not pass it")
+    storage.configure(s3_endpoint_url)
+    logger = get_run_logger()
+    archive = packed_archive(source, out)
+    fraction = 1.0 / folds
+    where: dict[str, Any] = {"ray_address": ray_address, "s3_endpoint_url": s3_endpoint_url}
+    clean, old_print = [], []
+    for fold in range(folds):
+        fold_out = storage.join(out, f"fold-{fold}")
+        evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
+        if evaluation is None:
+            train_model(source=archive, out=fold_out, val_fraction=fraction, fold=fold,
+                        show_progress=show_progress, **where, **recipe)  # fmt: skip
+            evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
+        degraded_out = storage.join(fold_out, "evaluation-old-print")
+        degraded = read_json(storage.join(degraded_out, "evaluation.json"))
+        if degraded is None:
+            degraded = evaluate_model(
+                source=archive, model=storage.join(fold_out, "model.safetensors"),
+                out=degraded_out, split="val", val_fraction=fraction, fold=fold, degrade=True,
+                **where,
+            )  # fmt: skip
+        assert evaluation is not None and degraded is not None
+        clean.append(fold_figures(evaluation))
+        old_print.append(fold_figures(degraded))
+        logger.info("fold %d/%d: %s", fold + 1, folds, clean[-1])
+    result = {
+        "source": source,
+        "folds": folds,
+        "recipe": recipe,
+        "clean": summarise(clean),
+        "old_print": summarise(old_print),
+        "per_fold": {"clean": clean, "old_print": old_print},
+    }
+    markdown = crossval_markdown(result)
+    storage.write_bytes(storage.join(out, "crossval.json"), json.dumps(result, indent=2).encode())
+    storage.write_bytes(storage.join(out, "crossval.md"), markdown.encode())
+    create_markdown_artifact(markdown=markdown, key="crossval")
+    return result

@@ -1,0 +1,73 @@
+"""k-fold cross-validation figures: each fold's evaluation -> mean and spread over folds.
+
+A recipe is trained k times, each time holding out one fold of the corpus (by id hash, see
+`training.split_of`), and scored on that fold against the gray baseline. The figure that
+selects a recipe is the mean over folds of model - gray; its spread (the standard deviation
+over folds) says how much of a difference between two recipes is noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# (name in the report, metric, scale): AuC in points (x100), the rest as measured
+FIGURES = (
+    ("rebalanced AuC - gray (points)", "auc_rebalanced", 100.0),
+    ("raw AuC - gray (points)", "auc", 100.0),
+    ("PSNR - gray (dB)", "psnr", 1.0),
+    ("SSIM - gray", "ssim", 1.0),
+)
+
+
+def fold_figures(evaluation: dict[str, Any]) -> dict[str, float]:
+    """One fold's evaluation -> {figure: value}: the model's gain over gray per metric and its
+    colourfulness as a share of the truth's (the gray image's shortfall is the truth's)."""
+    metrics = evaluation["metrics"]
+    out = {}
+    for name, metric, scale in FIGURES:
+        m = metrics.get(metric)
+        if m and m["model"] is not None and m["gray"] is not None:
+            out[name] = (m["model"] - m["gray"]) * scale
+    delta = metrics.get("colorfulness_delta")
+    if delta and delta["gray"]:
+        truth = -delta["gray"]
+        out["colourfulness (% of the truth)"] = 100.0 * metrics["colorfulness"]["model"] / truth
+    return out
+
+
+def summarise(folds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per figure: mean, standard deviation over folds (n - 1), min, max, folds."""
+    out: dict[str, dict[str, float]] = {}
+    for name in folds[0] if folds else []:
+        values = [f[name] for f in folds if name in f]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
+        out[name] = {"mean": mean, "std": math.sqrt(var), "min": min(values),
+                     "max": max(values), "folds": len(values)}  # fmt: skip
+    return out
+
+
+def crossval_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Cross-validation: {result['folds']} folds of `{result['source']}`",
+        "",
+        f"Recipe: `{result['recipe']}`",
+        "",
+        "| inputs | figure | mean | spread (sd over folds) | min | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for inputs, summary in (("clean", result["clean"]), ("old print", result["old_print"])):
+        for name, s in summary.items():
+            lines.append(
+                f"| {inputs} | {name} | {s['mean']:+.2f} | {s['std']:.2f} | {s['min']:+.2f} "
+                f"| {s['max']:+.2f} |"
+            )
+    lines += ["", "Per fold (clean, then old print):", ""]
+    per_fold = result["per_fold"]
+    for i, (clean, old) in enumerate(zip(per_fold["clean"], per_fold["old_print"], strict=True)):
+        figures = ", ".join(f"{k.split(' (')[0]} {v:+.2f}" for k, v in clean.items())
+        old_auc = old.get(FIGURES[0][0])
+        lines.append(f"- fold {i}: {figures}; old print rebalanced AuC - gray "
+                     f"{'n/a' if old_auc is None else f'{old_auc:+.2f}'}")  # fmt: skip
+    return "\n".join(lines) + "\n"
