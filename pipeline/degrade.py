@@ -57,7 +57,8 @@ def degrade_lightness(
     out = lightness.astype(np.float32)
     if damage.blur > 0:
         out = gaussian_filter(out, damage.blur * scale, mode="nearest")
-    out = damage.lift + out * (100.0 - damage.lift - damage.fade) / 100.0
+    if damage.lift or damage.fade:
+        out = damage.lift + out * (100.0 - damage.lift - damage.fade) / 100.0
     if damage.grain > 0:  # grain a little coarser than a pixel, as on film
         noise = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 0.6)
         out = out + noise * (damage.grain / max(float(noise.std()), 1e-6))

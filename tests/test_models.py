@@ -266,15 +266,16 @@ def test_the_shipped_default_model_loads_with_its_card():
     assert model(x).shape == (1, 261, 16, 16)
 
 
-def test_imagenet_weights_convert_and_classify_a_bundled_photo():
+@pytest.mark.parametrize(("variant", "params"), [("lite0", 4.65e6), ("lite2", 6.09e6)])
+def test_imagenet_weights_convert_and_classify_a_bundled_photo(variant, params):
     from skimage import data
 
-    from models.efficientnet import EfficientNetLite0, normalise
-    from models.imagenet import lite0_imagenet_state
+    from models.efficientnet import EfficientNetLite, normalise
+    from models.imagenet import imagenet_state
 
-    net = EfficientNetLite0()
-    net.load_state_dict(lite0_imagenet_state(), strict=True)  # every key renamed, none left
-    assert sum(p.numel() for p in net.parameters()) == pytest.approx(4.65e6, rel=0.01)
+    net = EfficientNetLite(variant)
+    net.load_state_dict(imagenet_state(variant), strict=True)  # every key renamed, none left
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(params, rel=0.01)
     cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float()[None] / 255.0
     cat = torch.nn.functional.interpolate(cat, size=(224, 224), mode="bilinear", antialias=True)
     with torch.no_grad():
@@ -284,10 +285,10 @@ def test_imagenet_weights_convert_and_classify_a_bundled_photo():
 
 
 def test_lite0_colorizer_contract_and_frozen_encoder():
-    from models.nets import Lite0ColorNet
+    from models.nets import LiteColorNet
 
     model = build("lite0")
-    assert isinstance(model.net, Lite0ColorNet)
+    assert isinstance(model.net, LiteColorNet)
     probs = model(torch.rand(2, 1, 96, 128) * 100)
     assert probs.shape == (2, model.num_bins, 24, 32)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 24, 32))
@@ -335,3 +336,19 @@ def test_uncertainty_is_zero_when_sure_and_one_when_uniform():
     ab, doubt = model.predict(lightness)
     torch.testing.assert_close(ab, model.predict_ab(lightness))  # the same forward
     assert doubt.shape == (2,) and ((doubt > 0) & (doubt < 1)).all()
+
+
+@pytest.mark.parametrize("arch", ["lite0-plain", "lite2", "lite2-plain"])
+def test_every_lite_architecture_keeps_the_contract(arch):
+    from models.efficientnet import feature_channels
+
+    model = build(arch)
+    encoder = arch.split("-")[0]
+    assert model.net.encoder.variant == encoder
+    decoder = "plain" if arch.endswith("-plain") else "context"
+    first = model.net.up4[0]
+    assert first.in_channels == model.net.DECODERS[decoder][2] + feature_channels(encoder)[0]
+    assert (model.net.context is None) == arch.endswith("-plain")
+    probs = model(torch.rand(2, 1, 64, 96) * 100)
+    assert probs.shape == (2, model.num_bins, 16, 24)
+    assert not model.net.encoder_parameters()

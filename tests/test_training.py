@@ -175,7 +175,7 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
 
 
 def test_lite0_from_imagenet_trains_and_resumes_exactly(tmp_path, ray_local):  # noqa: F811
-    from models.imagenet import lite0_imagenet_state
+    from models.imagenet import imagenet_state
 
     src = tiny_archive(tmp_path / "src")
     options = {**TINY, "arch": "lite0", "steps": 6, "workers": 1, "trainable_stages": 1,
@@ -193,7 +193,7 @@ def test_lite0_from_imagenet_trains_and_resumes_exactly(tmp_path, ray_local):  #
         for key in a[part]:
             torch.testing.assert_close(a[part][key], b[part][key], rtol=1e-4, atol=1e-5)
 
-    imagenet = lite0_imagenet_state()
+    imagenet = imagenet_state("lite0")
     step3 = load_state(str(tmp_path / "a" / "checkpoints/step-0000003.pt"))["net"]
     for key, value in imagenet.items():
         if key.startswith("fc."):

@@ -1,0 +1,123 @@
+"""k-fold cross-validation: folds by id hash, old-print degradation, the summary, the flow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from flows import cli
+from pipeline.color import rgb_to_lab
+from pipeline.crossval import fold_figures, summarise
+from pipeline.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
+from pipeline.training import TrainConfig, check_fold, degraded_input, split_of
+from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
+from tests.test_training import tiny_archive
+
+
+def test_folds_partition_the_ids_and_fold_zero_is_the_old_split():
+    ids = [f"img-{i}" for i in range(3000)]
+    held_out = [{i for i in ids if split_of(i, 0.2, fold) == "val"} for fold in range(5)]
+    assert sum(len(h) for h in held_out) == len(ids)  # every id in exactly one fold
+    assert set().union(*held_out) == set(ids)
+    assert all(480 < len(h) < 720 for h in held_out)
+    assert held_out[0] == {i for i in ids if split_of(i, 0.2) == "val"}
+    with pytest.raises(ValueError, match=r"--fold must be in 0\.\.4"):
+        check_fold(5, 0.2)
+    with pytest.raises(ValueError, match="--fold"):
+        TrainConfig(val_fraction=0.1, fold=10).validate()
+
+
+def _lightness() -> np.ndarray:
+    rgb = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255.0
+    return rgb_to_lab(rgb)[0].numpy()
+
+
+def test_old_print_degrades_every_way_it_names_and_is_seeded():
+    clean = _lightness()
+    rng = np.random.default_rng
+    assert np.array_equal(degrade_lightness(clean, OldPrint(), rng(0)), clean.astype(np.float32))
+    old = degrade_lightness(clean, OLD_PRINT, rng(1))
+    assert old.shape == clean.shape and old.dtype == np.float32
+    assert old.min() >= 0 and old.max() <= 100
+    np.testing.assert_array_equal(old, degrade_lightness(clean, OLD_PRINT, rng(1)))
+    assert not np.array_equal(old, degrade_lightness(clean, OLD_PRINT, rng(2)))  # other grain
+    faded = degrade_lightness(clean, OldPrint(lift=20, fade=15), rng(0))
+    assert faded.min() >= 20 - 1e-4 and faded.max() <= 85 + 1e-4  # blacks lifted, whites dimmed
+    soft = degrade_lightness(clean, OldPrint(blur=1.5), rng(0))
+    assert np.abs(np.diff(soft, axis=1)).mean() < 0.7 * np.abs(np.diff(clean, axis=1)).mean()
+    grainy = degrade_lightness(clean, OldPrint(grain=6), rng(0))
+    assert 4 < float(np.std(grainy - clean)) < 8
+    dusty = degrade_lightness(clean, OldPrint(dust=3), rng(0))
+    assert 0 < np.mean(dusty != clean) < 0.05  # specks, not a veil
+    blocky = degrade_lightness(clean, OldPrint(jpeg=30), rng(0))
+    assert 0.2 < np.abs(blocky - clean).mean() < 5
+
+
+def test_training_degrades_the_input_only_and_only_the_share_asked():
+    lightness = torch.from_numpy(np.stack([_lightness()[:128, :128]] * 8))[:, None]
+    none = degraded_input(lightness, TrainConfig(degrade=0.0), step=3, rank=0)
+    assert none is lightness
+    config = TrainConfig(degrade=0.5)
+    some = degraded_input(lightness, config, step=3, rank=0)
+    torch.testing.assert_close(some, degraded_input(lightness, config, step=3, rank=0))
+    changed = [not torch.equal(a, b) for a, b in zip(some, lightness, strict=True)]
+    assert 0 < sum(changed) < 8
+    every = degraded_input(lightness, TrainConfig(degrade=1.0), step=3, rank=0)
+    assert all(not torch.equal(a, b) for a, b in zip(every, lightness, strict=True))
+    assert random_old_print(np.random.default_rng(0)) != random_old_print(np.random.default_rng(1))
+
+
+def test_summary_is_the_mean_and_sample_spread_over_folds():
+    def evaluation(model_auc: float) -> dict:
+        return {"metrics": {
+            "auc_rebalanced": {"model": model_auc, "gray": 0.70},
+            "auc": {"model": 0.80, "gray": 0.81},
+            "colorfulness": {"model": 30.0, "gray": 0.0},
+            "colorfulness_delta": {"model": -10.0, "gray": -40.0},
+        }}  # fmt: skip
+
+    folds = [fold_figures(evaluation(a)) for a in (0.72, 0.74, 0.76)]
+    assert folds[0]["rebalanced AuC - gray (points)"] == pytest.approx(2.0)
+    assert folds[0]["raw AuC - gray (points)"] == pytest.approx(-1.0)
+    assert folds[0]["colourfulness (% of the truth)"] == pytest.approx(75.0)
+    summary = summarise(folds)["rebalanced AuC - gray (points)"]
+    assert summary["mean"] == pytest.approx(4.0) and summary["std"] == pytest.approx(2.0)
+    assert (summary["min"], summary["max"], summary["folds"]) == pytest.approx((2.0, 6.0, 3))
+
+
+@pytest.mark.slow
+def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local):  # noqa: F811
+    src = tiny_archive(tmp_path / "src", n=12)
+    out = tmp_path / "cv"
+    argv = ["crossval", str(src), str(out), "--folds", "2", "--arch", "small", "--steps", "2",
+            "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2",
+            "--degrade", "0.5"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(argv)
+    assert exit_code.value.code == 0
+    result = json.loads((out / "crossval.json").read_text())
+    assert result["folds"] == 2 and result["recipe"]["degrade"] == 0.5
+    assert result["clean"]["rebalanced AuC - gray (points)"]["folds"] == 2
+    assert "old print" in (out / "crossval.md").read_text()
+    evaluated = 0
+    for fold in range(2):
+        clean = json.loads((out / f"fold-{fold}/evaluation/evaluation.json").read_text())
+        old = json.loads((out / f"fold-{fold}/evaluation-old-print/evaluation.json").read_text())
+        card = json.loads((out / f"fold-{fold}/model.json").read_text())
+        assert card["training"]["hyperparameters"]["fold"] == fold
+        assert clean["fold"] == old["fold"] == fold and old["degrade"] and not clean["degrade"]
+        assert clean["images"] == old["images"]
+        # fold f's model trained on the other fold's photos only, and is scored on its own
+        assert card["training"]["images"] == 12 - clean["images"]
+        assert clean["metrics"]["psnr"]["gray"] != old["metrics"]["psnr"]["gray"]
+        evaluated += clean["images"]
+    assert evaluated == 12  # the two folds together score every photo once
+    # a re-run finds both folds evaluated: nothing is trained again
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold-*/model.safetensors")}
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
