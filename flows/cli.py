@@ -144,6 +144,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         fold=args.fold,
         degrade=args.degrade,
         temperature=args.temperature,
+        flip_average=args.flip_average,
         image_column=args.image_column,
         id_column=args.id_column,
         ray_address=args.ray_address,
@@ -416,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows scored, by id hash as in training (default val)",
     )
     ev.add_argument("--temperature", type=float, default=None, help="default: the model's")
+    ev.add_argument(
+        "--flip-average",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the logits of each image and its mirror (twice the forward cost; "
+        "default: as the model's card says)",
+    )
     ev.add_argument(
         "--degrade",
         action="store_true",

@@ -34,6 +34,7 @@ def evaluate_shards(
     degrade: bool,
     columns: ColumnNames,
     temperature: float | None,
+    flip_average: bool | None,
     s3_endpoint_url: str | None,
 ) -> dict[str, Any]:
     try:
@@ -51,6 +52,7 @@ def evaluate_shards(
             degrade=degrade,
             columns=columns,
             temperature=temperature,
+            flip_average=flip_average,
             s3_endpoint_url=s3_endpoint_url,
             sample_uri=storage.join(out, "_samples", f"{shard.name}.png"),
         )
@@ -72,6 +74,7 @@ def evaluate_model(
     fold: int = 0,
     degrade: bool = False,
     temperature: float | None = None,
+    flip_average: bool | None = None,
     image_column: str = "image",
     id_column: str = "id",
     ray_address: str | None = None,
@@ -99,11 +102,12 @@ def evaluate_model(
         degrade,
         ColumnNames(image_column, id_column),
         temperature,
+        flip_average,
         s3_endpoint_url,
     )
     evaluation.update(
         split=split, val_fraction=val_fraction, fold=fold, degrade=degrade, source=source,
-        model=model,
+        model=model, flip_average=flip_average,
     )  # fmt: skip
     markdown = evaluation_markdown(evaluation, model, source, split)
     writer: Any = ray.remote(num_cpus=0)(write_evaluation)  # samples stay out of the flow

@@ -32,6 +32,7 @@ class Colorizer(nn.Module):
         l_center: float = 50.0,
         l_scale: float = 100.0,
         working_size: int = 256,
+        flip_average: bool = False,
         card: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -47,6 +48,7 @@ class Colorizer(nn.Module):
         self.l_center = l_center
         self.l_scale = l_scale
         self.working_size = working_size
+        self.flip_average = flip_average
         self.card: dict[str, Any] = dict(card or {})
 
     @property
@@ -58,7 +60,12 @@ class Colorizer(nn.Module):
         return self.centers.device
 
     def logits(self, lightness: Tensor) -> Tensor:
-        return self.net((lightness - self.l_center) / self.l_scale)
+        """Logits over the bins; with `flip_average`, the mean of the image's and its mirror's
+        (test-time augmentation: twice the forward cost)."""
+        x = (lightness - self.l_center) / self.l_scale
+        if not self.flip_average:
+            return self.net(x)
+        return (self.net(x) + self.net(x.flip(3)).flip(3)) / 2
 
     def forward(self, lightness: Tensor) -> Tensor:
         return torch.softmax(self.logits(lightness), dim=1)
@@ -89,6 +96,7 @@ class Colorizer(nn.Module):
             "l_center": self.l_center,
             "l_scale": self.l_scale,
             "working_size": self.working_size,
+            "flip_average": self.flip_average,
         }
 
 
@@ -96,7 +104,7 @@ def build(arch: str = "small", **options: Any) -> Colorizer:
     """An untrained Colorizer. `arch` is "eccv16" (the paper's net) or "small" (quarter width).
 
     Options: centers (Q, 2) (default: our sRGB-gamut grid-10 bins), prior, temperature,
-    l_center, l_scale, working_size, card.
+    l_center, l_scale, working_size, flip_average, card.
     """
     centers = options.pop("centers", None)
     if centers is None:

@@ -58,6 +58,7 @@ def evaluate_shard(
     degrade: bool = False,
     columns: ColumnNames | None = None,
     temperature: float | None = None,
+    flip_average: bool | None = None,
     batch_size: int = 4,
     s3_endpoint_url: str | None = None,
     sample_uri: str | None = None,
@@ -71,6 +72,8 @@ def evaluate_shard(
     its id) and are scored against its clean colours."""
     storage.configure(s3_endpoint_url)
     colorizer = models.load(resolve_model(model))
+    if flip_average is not None:  # test-time flip averaging on or off, whatever the card says
+        colorizer.flip_average = flip_average
     scored = {name: ShardStats(shard.name, shard.uri, "") for name in ("model", "gray")}
     skipped = {"other_split": 0, "gray_input": 0, "unreadable": 0}
     cols = columns or ColumnNames()

@@ -352,3 +352,18 @@ def test_every_lite_architecture_keeps_the_contract(arch):
     probs = model(torch.rand(2, 1, 64, 96) * 100)
     assert probs.shape == (2, model.num_bins, 16, 24)
     assert not model.net.encoder_parameters()
+
+
+def test_flip_averaging_is_the_mean_of_the_image_and_its_mirror_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    model = build("small").eval()
+    x = torch.rand(2, 1, 64, 96) * 100
+    with torch.no_grad():
+        plain, mirrored = model.logits(x), model.logits(x.flip(3)).flip(3)
+        model.flip_average = True
+        averaged = model.logits(x)
+        torch.testing.assert_close(averaged, (plain + mirrored) / 2)
+        torch.testing.assert_close(model.logits(x.flip(3)).flip(3), averaged)  # mirror-true
+    assert not torch.allclose(plain, mirrored)  # the net alone is not
+    path = models.save(model, tmp_path / "m.safetensors")
+    assert models.load(path).flip_average and not build("small").flip_average
