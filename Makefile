@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: all install browser test pytest lint demo bench clean
+.PHONY: all install browser test pytest lint demo bench stamp-corpus clean
 all: lint pytest
 
 $(STAMP): pyproject.toml requirements.lock
@@ -49,6 +49,16 @@ bench: install
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_archive.py
 	$(PY) bench/bench_ceiling.py
+
+# More training colours: the photographic cut-outs of Debian's tuxpaint-stamps-default (GPL-2),
+# downloaded (not installed) and selected by the rule in pipeline/stamps.py.
+STAMPS ?= stamps
+stamp-corpus: install
+	@mkdir -p $(STAMPS)/.deb
+	cd $(STAMPS)/.deb && { ls tuxpaint-stamps-default_*.deb >/dev/null 2>&1 \
+	  || apt-get download tuxpaint-stamps-default; }
+	dpkg-deb -x $(STAMPS)/.deb/tuxpaint-stamps-default_*.deb $(STAMPS)/.deb/root
+	$(VENV)/bin/archive-colorize stamps $(STAMPS)/.deb/root $(STAMPS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

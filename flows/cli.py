@@ -85,8 +85,8 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
 
 RECIPE_OPTIONS = (
     "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
-    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "degrade", "workers",
-    "checkpoint_every", "soft_k", "seed", "image_column", "id_column",
+    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "degrade", "stamps",
+    "paste", "workers", "checkpoint_every", "soft_k", "seed", "image_column", "id_column",
 )  # fmt: skip
 
 
@@ -109,6 +109,14 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(f"model: {result['model']} ({result['train_images']} training photos)")
     _print_evaluation(result)
+    return 0
+
+
+def _stamps(args: argparse.Namespace) -> int:
+    from pipeline.stamps import select_stamps
+
+    rows = select_stamps(args.root, args.out)
+    print(f"{len(rows)} photographic stamps in {args.out} (licences: {args.out}/stamps.tsv)")
     return 0
 
 
@@ -369,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of training crops whose L input is degraded as an old print (faded, soft, "
         "grain, dust, JPEG) at random strengths; the target keeps the clean colours (default 0)",
     )
+    recipe.add_argument(
+        "--stamps",
+        default="",
+        help="folder or s3:// prefix of photographic cut-outs (RGBA PNG) to paste onto "
+        "training crops (make stamp-corpus STAMPS=DIR builds one from tuxpaint-stamps-default)",
+    )
+    recipe.add_argument(
+        "--paste", type=float, default=0.0, help="share of crops that get a stamp (default 0)"
+    )
     recipe.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     recipe.add_argument(
         "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
@@ -401,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--image-column", default="image", help="Parquet image column")
     cv.add_argument("--id-column", default="id", help="Parquet id column")
     cv.set_defaults(func=_crossval)
+
+    st = sub.add_parser(
+        "stamps",
+        help="select the photographic cut-outs of an unpacked tuxpaint-stamps-default",
+        description="Write the photographic stamps under ROOT (the package unpacked with "
+        "dpkg-deb -x) to OUT as RGBA PNGs, with OUT/stamps.tsv recording each one's path and "
+        "licence (GPL-2.0). The rule is in pipeline/stamps.py. `make stamp-corpus "
+        "STAMPS=OUT` downloads, unpacks and selects in one command.",
+    )
+    st.add_argument("root", help="folder the .deb was unpacked into")
+    st.add_argument("out", help="folder for the chosen stamps")
+    st.set_defaults(func=_stamps)
 
     ev = sub.add_parser(
         "evaluate",

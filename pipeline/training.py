@@ -45,6 +45,7 @@ from pipeline.color import rgb_to_lab
 from pipeline.degrade import degrade_lightness, random_old_print
 from pipeline.images import ImageError, decode_image
 from pipeline.shards import image_bytes_column
+from pipeline.stamps import decode_stamp, paste_stamp
 
 CHECKPOINTS = "checkpoints"
 PROGRESS = "progress.json"
@@ -81,6 +82,8 @@ class TrainConfig:
     encoder_lr_scale: float = 0.1  # lite*: their learning rate, relative to --lr
     ema_decay: float = 0.999  # moving average of the weights, shipped instead of the last ones
     degrade: float = 0.0  # share of crops whose L input is degraded as an old print
+    stamps: str = ""  # folder or s3:// prefix of photographic cut-outs (pipeline/stamps.py)
+    paste: float = 0.0  # share of crops that get one of them pasted on
     val_fraction: float = 0.1
     fold: int = 0  # which val_fraction-wide slice of the id hashes is held out
     seed: int = 0
@@ -116,6 +119,10 @@ class TrainConfig:
             raise ValueError("--trainable-stages applies to the lite* architectures only")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.paste <= 1:
+            raise ValueError(f"--paste must be in [0, 1], got {self.paste}")
+        if self.paste and not self.stamps:
+            raise ValueError("--paste needs --stamps DIR (make stamp-corpus builds one)")
         if not 0 <= self.degrade <= 1:
             raise ValueError(f"--degrade must be in [0, 1], got {self.degrade}")
         if not 0 <= self.val_fraction < 1:
@@ -242,8 +249,23 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
 
 
-def sample_batch(photos: np.ndarray, config: TrainConfig, step: int, rank: int) -> torch.Tensor:
-    """This rank's batch for `step`: deterministic in (seed, step, rank); random crops, flips."""
+def load_stamps(uri: str) -> list[np.ndarray]:
+    """The stamp PNGs under a folder or s3:// prefix, as RGBA arrays (a few MB in all)."""
+    uris = sorted(u for u in storage.list_files(uri) if u.endswith(".png"))
+    if not uris:
+        raise FileNotFoundError(f"no stamp PNGs under {uri} (make stamp-corpus builds them)")
+    return [decode_stamp(storage.read_bytes(u)) for u in uris]
+
+
+def sample_batch(
+    photos: np.ndarray,
+    config: TrainConfig,
+    step: int,
+    rank: int,
+    stamps: list[np.ndarray] | None = None,
+) -> torch.Tensor:
+    """This rank's batch for `step`: deterministic in (seed, step, rank); random crops, flips,
+    and with `stamps`, a `config.paste` share of the crops with a stamp pasted on."""
     n = len(photos)
     per_epoch = max(1, n // config.batch_size)
     epoch, position = divmod(step, per_epoch)
@@ -251,6 +273,9 @@ def sample_batch(photos: np.ndarray, config: TrainConfig, step: int, rank: int) 
     take = order[(np.arange(config.batch_size) + position * config.batch_size) % n]
     rng = np.random.default_rng([config.seed, step, rank, 1])
     crops = [random_crop(photos[i], config, rng) for i in take]
+    if stamps and config.paste:
+        crops = [paste_stamp(c, stamps[rng.integers(len(stamps))], rng)
+                 if rng.random() < config.paste else c for c in crops]  # fmt: skip
     return torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
 
 
@@ -373,6 +398,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rows = list(ray.train.get_dataset_shard("train").iter_rows())
     rows.sort(key=lambda r: r["id"])
     photos = np.stack([r["rgb"] for r in rows[rank::world]])
+    stamps = load_stamps(config.stamps) if config.paste else None
 
     torch.manual_seed(config.seed)
     prior = torch.tensor(loop_config["prior"], dtype=torch.float32)
@@ -397,7 +423,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(start, config.steps):
         set_learning_rates(optimizer, config, step)
         torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
-        batch = sample_batch(photos, config, step, rank)
+        batch = sample_batch(photos, config, step, rank, stamps)
         loss = train_step(net, colorizer, optimizer, batch, weights, config, step, rank)
         if config.ema_decay:
             update_ema(ema, colorizer.net, config.ema_decay, step)
