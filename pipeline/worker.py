@@ -18,7 +18,7 @@ import resource
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -158,6 +158,7 @@ class _Encoded:
     image: bytes | None
     metrics: dict[str, float]
     error: tuple[str, str] | None  # (kind, message)
+    dropped: list[str] = field(default_factory=list)  # metadata kinds damaged and left out
 
 
 class ShardColorizer:
@@ -324,7 +325,7 @@ class ShardColorizer:
                 cols[name].append(metrics.get(name))
             cols["model"].append(self.model_id)
             if error is None:
-                stats.add_ok(metrics)
+                stats.add_ok(metrics, done.dropped)
                 if len(samples) < self.options.samples_per_shard and item.output is not None:
                     lightness = item.decoded.lightness  # type: ignore[union-attr]
                     samples.append(sample_pair(*gray_and_colour(lightness, item.output)))
@@ -359,7 +360,10 @@ class ShardColorizer:
             # 8 bits: one PIL image over join_lab's memory for the file, previews and samples
             item.output = rgb if dec.bit_depth == 16 else rgb_to_pil(rgb)
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
-            data = encode_image(item.output, fmt, self.options.quality, dec.bit_depth, dec.metadata)
+            dropped = list(dec.dropped)  # damaged metadata: left out when read or written
+            data = encode_image(
+                item.output, fmt, self.options.quality, dec.bit_depth, dec.metadata, dropped
+            )
             gallery = previews(
                 dec.lightness,
                 item.output,
@@ -372,4 +376,4 @@ class ShardColorizer:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
         # outside the try: a storage fault fails the shard (which is retried), never the row
         write_previews(dest, shard_name, item.position, gallery)
-        return _Encoded(data, metrics, None)
+        return _Encoded(data, metrics, None, dropped)
