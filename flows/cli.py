@@ -51,6 +51,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
     from flows.export import export_archive
+    from pipeline.report import models_line
 
     result = export_archive(
         dest=dest,
@@ -64,11 +65,15 @@ def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
         f"{result['shards_skipped']} of {result['shards']} shards unchanged); "
         f"{result['errors']} rows not exported, listed in {result['errors_csv']}"
     )
+    print(f"  made by: {models_line(result['models'])}")
+    if len(result["models"]) > 1:
+        print("  warning: more than one model in DEST; `colorize --recolorize` redoes it with one")
     return 0
 
 
 def _print_summary(result: dict[str, Any], dest: str) -> None:
     from pipeline import storage
+    from pipeline.report import models_line
 
     run = result["this_run"]
     print(
@@ -77,6 +82,11 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
         f"({run['images_per_second']:.2f} images/s); shards: {result['shards']['done']} done, "
         f"{result['shards']['skipped']} skipped, {len(result['shards']['failed'])} failed"
     )
+    if result.get("models"):
+        print(f"  made by: {models_line(result['models'])}")
+    if result.get("metadata_dropped"):
+        dropped = ", ".join(f"{k} {n}" for k, n in result["metadata_dropped"].items())
+        print(f"  damaged metadata dropped (images still ok): {dropped}")
     for name in ("report.md", "report.json", "metrics.png", "contact_sheet.png"):
         print(f"  {storage.join(dest, name)}")
     if result.get("gallery"):
