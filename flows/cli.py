@@ -37,6 +37,7 @@ def _colorize(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
+        recolorize=args.recolorize,
     )
     _print_summary(result, args.dest)
     failed = bool(result["shards"]["failed"])
@@ -222,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "colorize",
         help="colorize an archive (Parquet shards or image files, local or s3://)",
         description="Colorize every image of SOURCE into DEST. Re-running resumes: shards "
-        "with a stats file in DEST/_stats are skipped.",
+        "with a stats file in DEST/_stats are skipped. DEST/_manifest.json records the model "
+        "and the settings that change the output; a run with others refuses unless "
+        "--recolorize.",
     )
     col.add_argument("source", help="folder or s3:// prefix of Parquet shards or image files")
     col.add_argument("dest", help="output folder or s3:// prefix")
@@ -270,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(PRECISIONS),
         default="fp32",
         help="the network's number type: bf16/fp16 (autocast) on CUDA workers only (default fp32)",
+    )
+    col.add_argument(
+        "--recolorize",
+        action="store_true",
+        help="DEST was made with another model or settings (DEST/_manifest.json): redo every "
+        "shard with these, each replaced when its new output commits (without it, such a run "
+        "refuses and writes nothing); a stopped recolorize resumes",
     )
     col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
     col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")

@@ -133,11 +133,11 @@ def read_metadata(img: Image.Image, dropped: list[str] | None = None) -> dict[st
     return _metadata(img, iptc, _guarded("exif", dropped, lambda: _exif_of(img)), dropped)
 
 
-def _guarded(kind: str, dropped: list[str], read: Callable[[], Any]) -> Any:
-    """`read()`, or None with `kind` noted as dropped when it raises: one damaged kind of
+def _guarded(kind: str, dropped: list[str], read: Callable[..., Any], *args: Any) -> Any:
+    """`read(*args)`, or None with `kind` noted as dropped when it raises: one damaged kind of
     metadata never costs the image (nor the other kinds)."""
     try:
-        return read()
+        return read(*args)
     except Exception:
         dropped.append(kind)
         return None
@@ -218,7 +218,7 @@ def _metadata(
     for key, check in checks.items():
         value = img.info.get(key)
         if value is not None and (key != "icc_profile" or value):
-            checked = _guarded(KIND_OF_KEY[key], dropped, lambda v=value, c=check: c(v))
+            checked = _guarded(KIND_OF_KEY[key], dropped, check, value)
             if checked is not None:
                 meta[key] = checked
     xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
@@ -485,7 +485,7 @@ def _png_metadata_chunks(
     }  # fmt: skip
     for key, make in makers.items():
         if key in meta:
-            chunk = _guarded(KIND_OF_KEY[key], dropped, lambda m=make, v=meta[key]: m(v))
+            chunk = _guarded(KIND_OF_KEY[key], dropped, make, meta[key])
             if chunk is not None:
                 chunks.append(chunk)
     return chunks
