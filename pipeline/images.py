@@ -35,7 +35,7 @@ GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan sto
 SUPPORTED_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "RGB", "RGBA", "P", "PA", "CMYK")
 METADATA_KINDS = ("exif", "iptc", "xmp", "icc", "dpi")  # what `dropped` lists may name
 KIND_OF_KEY = {"exif": "exif", "iptc": "iptc", "xmp": "xmp", "icc_profile": "icc", "dpi": "dpi"}
-MAX_DPI = 65535.0  # JPEG's density field; a larger (or non-positive, or 0/0) one is damage
+MAX_DPI = 65535.0  # JPEG's density field; a larger (or under 1/2, or 0/0) one is damage
 ORIENTATION = 0x0112
 TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -169,7 +169,7 @@ def _exif_bytes(exif: Image.Exif) -> bytes:
 
 def _checked_dpi(value: Any) -> tuple[float, float]:
     x, y = (float(v) for v in value)
-    if not (math.isfinite(x) and math.isfinite(y) and 1 <= x <= MAX_DPI and 1 <= y <= MAX_DPI):
+    if not (math.isfinite(x) and math.isfinite(y) and min(x, y) > 0.5 and max(x, y) <= MAX_DPI):
         raise ValueError(f"resolution {value!r} is not a real one")
     return x, y
 
@@ -217,6 +217,8 @@ def _metadata(
     checks: dict[str, Callable[[Any], Any]] = {"dpi": _checked_dpi, "icc_profile": _checked_icc}
     for key, check in checks.items():
         value = img.info.get(key)
+        if key == "dpi" and img.format == "TIFF" and 282 not in getattr(img, "tag_v2", {}):
+            continue  # no XResolution: Pillow's (1, 1) stands in for none
         if value is not None and (key != "icc_profile" or value):
             checked = _guarded(KIND_OF_KEY[key], dropped, check, value)
             if checked is not None:
@@ -399,24 +401,34 @@ def encode_image(
 def _metadata_kwargs(fmt: str, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Pillow's save arguments for each kind of metadata, by its key in `meta`."""
     extras: dict[str, dict[str, Any]] = {}
-    for key in ("exif", "dpi", "xmp"):
+    for key in ("exif", "dpi") if fmt == "png" else ("exif", "dpi", "xmp"):
         if key in meta:
             extras[key] = {key: meta[key]}
     if fmt == "jpeg" and "iptc" in meta and len(meta["iptc"]) < 65000:
         extras["iptc"] = {"extra": _photoshop_iptc_segment(meta["iptc"])}  # one segment: 64 KiB
+    if fmt == "png" and "xmp" in meta:  # Pillow's PNG writer takes no xmp: its own iTXt chunk
+        extras["xmp"] = {"png_text": ("itxt", "XML:com.adobe.xmp", meta["xmp"].decode())}
     if fmt == "png" and "iptc" in meta:
-        from PIL.PngImagePlugin import PngInfo
-
-        info = PngInfo()
-        info.add_text("Raw profile type iptc", _png_iptc_text(meta["iptc"]), zip=True)
-        extras["iptc"] = {"pnginfo": info}
+        text = _png_iptc_text(meta["iptc"])
+        extras["iptc"] = {"png_text": ("text", "Raw profile type iptc", text)}
     return extras
 
 
 def _save(img: Image.Image, fmt: str, quality: int, extras: dict[str, dict[str, Any]]) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
     kwargs: dict[str, Any] = {"icc_profile": _srgb_icc()}
+    texts = PngInfo()
     for extra in extras.values():
-        kwargs.update(extra)
+        if "png_text" in extra:
+            kind, key, value = extra["png_text"]
+            if kind == "itxt":
+                texts.add_itxt(key, value)
+            else:
+                texts.add_text(key, value, zip=True)
+            kwargs["pnginfo"] = texts
+        else:
+            kwargs.update(extra)
     buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kwargs)
