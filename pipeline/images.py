@@ -18,10 +18,10 @@ import io
 import math
 import re
 import warnings
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from xml.parsers import expat
 
 import numpy as np
 import torch
@@ -184,7 +184,8 @@ def _checked_icc(value: Any) -> bytes:
 
 def _checked_xmp(value: Any) -> bytes:
     data = value if isinstance(value, bytes) else str(value).encode()
-    ElementTree.fromstring(data.strip(b"\x00 \t\r\n"))  # an XMP packet is XML
+    # an XMP packet is well-formed XML (namespaces not checked: an undeclared prefix is kept)
+    expat.ParserCreate().Parse(data.strip(b"\x00 \t\r\n"), True)
     return data
 
 

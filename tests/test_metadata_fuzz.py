@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import io
 import struct
-import xml.etree.ElementTree as ElementTree
 import zlib
+from xml.parsers import expat
 
 import numpy as np
 import pytest
@@ -299,7 +299,7 @@ def check(blob: bytes) -> str:
         if "xmp" in kept:
             xmp = written.info.get("xmp") or written.info.get("XML:com.adobe.xmp")
             text = xmp if isinstance(xmp, bytes) else str(xmp).encode()
-            ElementTree.fromstring(text.strip(b"\x00 \t\r\n"))
+            expat.ParserCreate().Parse(text.strip(b"\x00 \t\r\n"), True)
         assert set(again.metadata) >= kept - {"icc_profile"}  # (ours is sRGB: see images.py)
     return "decoded, metadata dropped" if decoded.dropped else "decoded, all metadata kept"
 
