@@ -37,6 +37,7 @@ def _colorize(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
+        recolorize=args.recolorize,
     )
     _print_summary(result, args.dest)
     failed = bool(result["shards"]["failed"])
@@ -51,6 +52,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
     from flows.export import export_archive
+    from pipeline.report import models_line
 
     result = export_archive(
         dest=dest,
@@ -64,11 +66,15 @@ def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
         f"{result['shards_skipped']} of {result['shards']} shards unchanged); "
         f"{result['errors']} rows not exported, listed in {result['errors_csv']}"
     )
+    print(f"  made by: {models_line(result['models'])}")
+    if len(result["models"]) > 1:
+        print("  warning: more than one model in DEST; `colorize --recolorize` redoes it with one")
     return 0
 
 
 def _print_summary(result: dict[str, Any], dest: str) -> None:
     from pipeline import storage
+    from pipeline.report import models_line
 
     run = result["this_run"]
     print(
@@ -77,6 +83,11 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
         f"({run['images_per_second']:.2f} images/s); shards: {result['shards']['done']} done, "
         f"{result['shards']['skipped']} skipped, {len(result['shards']['failed'])} failed"
     )
+    if result.get("models"):
+        print(f"  made by: {models_line(result['models'])}")
+    if result.get("metadata_dropped"):
+        dropped = ", ".join(f"{k} {n}" for k, n in result["metadata_dropped"].items())
+        print(f"  damaged metadata dropped (images still ok): {dropped}")
     for name in ("report.md", "report.json", "metrics.png", "contact_sheet.png"):
         print(f"  {storage.join(dest, name)}")
     if result.get("gallery"):
@@ -238,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "colorize",
         help="colorize an archive (Parquet shards or image files, local or s3://)",
         description="Colorize every image of SOURCE into DEST. Re-running resumes: shards "
-        "with a stats file in DEST/_stats are skipped.",
+        "with a stats file in DEST/_stats are skipped. DEST/_manifest.json records the model "
+        "and the settings that change the output; a run with others refuses unless "
+        "--recolorize.",
     )
     col.add_argument("source", help="folder or s3:// prefix of Parquet shards or image files")
     col.add_argument("dest", help="output folder or s3:// prefix")
@@ -286,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(PRECISIONS),
         default="fp32",
         help="the network's number type: bf16/fp16 (autocast) on CUDA workers only (default fp32)",
+    )
+    col.add_argument(
+        "--recolorize",
+        action="store_true",
+        help="DEST was made with another model or settings (DEST/_manifest.json): redo every "
+        "shard with these, each replaced when its new output commits (without it, such a run "
+        "refuses and writes nothing); a stopped recolorize resumes",
     )
     col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
     col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")

@@ -23,11 +23,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 import models
-from pipeline import gallery, report, storage
+from pipeline import gallery, manifest, report, storage
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.runner import ActorPool, ActorSpec, ensure_ray, run_shards
-from pipeline.shards import ColumnNames, Shard, check_columns, is_committed, list_shards
-from pipeline.worker import ColorizeOptions, resolve_model
+from pipeline.shards import ColumnNames, Shard, check_columns, list_shards
+from pipeline.worker import ColorizeOptions, model_id, resolve_model
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,7 @@ class Plan:
     todo: list[Shard]
     skipped: list[str]
     model_path: str
+    settings: dict[str, Any]  # DEST's manifest's (pipeline/manifest.py): this run's
 
 
 def check_model(model: str) -> str:
@@ -57,24 +58,63 @@ def check_model(model: str) -> str:
     return path
 
 
+def run_settings(model_path: str, options: ColorizeOptions) -> dict[str, Any]:
+    """The settings this run's output is made with, as DEST's manifest records them."""
+    temperature = options.temperature
+    if temperature is None:  # the model's own, as `Colorizer.decode` takes it
+        temperature = models.read_card(model_path)["config"]["temperature"]
+    return manifest.output_settings(
+        model_id(model_path),
+        temperature,
+        options.output_format,
+        options.quality,
+        options.precision,
+        options.metrics_max_side,
+    )
+
+
 @task(cache_policy=NO_CACHE)
-def plan_run(source: str, dest: str, model: str, options: ColorizeOptions, shard_size: int) -> Plan:
+def plan_run(
+    source: str,
+    dest: str,
+    model: str,
+    options: ColorizeOptions,
+    shard_size: int,
+    recolorize: bool = False,
+) -> Plan:
+    """Check the request and DEST's manifest before anything is written; then list the shards
+    and keep those not yet committed with the manifest's settings."""
     try:
         options.validate()
         model_path = check_model(model)
+        settings = run_settings(model_path, options)
+        committed = {s.shard: s for s in report.load_committed_stats(dest)}
+        current, write_manifest = manifest.reconcile(
+            dest, settings, list(committed.values()), recolorize
+        )
         shards = list_shards(source, dest, shard_size)
         check_columns(shards[0], ColumnNames(options.image_column, options.id_column))
     except ConfigError:
         raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    committed = [s for s in shards if is_committed(s, dest)]
-    done = {s.name for s in committed}
+    if write_manifest:
+        manifest.write(dest, current)
+    done = {
+        s.name
+        for s in shards
+        if s.name in committed and manifest.is_current(committed[s.name], current)
+    }
     todo = [s for s in shards if s.name not in done]
+    redo = sum(s.name in committed for s in todo)
     get_run_logger().info(
-        "%d shards: %d already committed, %d to do", len(shards), len(committed), len(todo)
+        "%d shards: %d already committed, %d to do (%d of them to redo with DEST's settings)",
+        len(shards),
+        len(done),
+        len(todo),
+        redo,
     )
-    return Plan(todo, sorted(done), model_path)
+    return Plan(todo, sorted(done), model_path, current["settings"])
 
 
 @task(cache_policy=NO_CACHE)
@@ -141,6 +181,7 @@ def publish_report(
     skipped: list[str],
     seconds: float,
     s3_endpoint_url: str | None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     run_names = [s["shard"] for s in outcome["done"]]
     # The contact sheet is drawn from thumbnails and the gallery is built from the output's
@@ -158,6 +199,7 @@ def publish_report(
             shards_failed=outcome["failed"],
             seconds=seconds,
             s3_endpoint_url=s3_endpoint_url,
+            settings=settings,
         )
     )
     review: dict[str, Any] = ray.get(gallery_ref)
@@ -196,9 +238,14 @@ def colorize_archive(
     max_attempts: int = 3,
     s3_endpoint_url: str | None = None,
     show_progress: bool = False,
+    recolorize: bool = False,
 ) -> dict[str, Any]:
     """Colorize every image of SOURCE (Parquet shards or image files, local or s3://) into
-    DEST: one output shard per input shard, committed by its stats file; re-runs resume."""
+    DEST: one output shard per input shard, committed by its stats file; re-runs resume.
+
+    DEST/_manifest.json records the model and settings DEST is made with: a run with other
+    ones refuses before it writes anything (ConfigError), unless `recolorize`, which makes them
+    DEST's and redoes every shard, each replaced when its new output commits."""
     started = time.perf_counter()
     storage.configure(s3_endpoint_url)
     options = ColorizeOptions(
@@ -212,7 +259,7 @@ def colorize_archive(
         metrics_max_side=metrics_max_side,
         precision=precision,
     )
-    plan = plan_run(source, dest, model, options, shard_size)
+    plan = plan_run(source, dest, model, options, shard_size, recolorize)
     ensure_ray(ray_address)
     if precision != "fp32" and not ray.cluster_resources().get("GPU"):
         get_run_logger().warning(
@@ -233,6 +280,8 @@ def colorize_archive(
     )
     storage.clean_staging(dest)
     seconds = time.perf_counter() - started
-    result = publish_report(source, dest, model, outcome, plan.skipped, seconds, s3_endpoint_url)
+    result = publish_report(
+        source, dest, model, outcome, plan.skipped, seconds, s3_endpoint_url, plan.settings
+    )
     result["retries"] = outcome["retries"]
     return result

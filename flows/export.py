@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.colorize import ConfigError
 from pipeline import storage
 from pipeline.export import ERRORS_CSV, check_destination, errors_csv, export_shard
-from pipeline.report import load_committed_stats
+from pipeline.report import load_committed_stats, models_present
 from pipeline.runner import ensure_ray
 
 
@@ -68,6 +68,7 @@ def export_archive(
         "files": sum(d["exported"] for d in documents),
         "errors": sum(len(d["errors"]) for d in documents),
         "errors_csv": storage.join(out, ERRORS_CSV),
+        "models": models_present(load_committed_stats(dest)),  # who made what was exported
     }
     get_run_logger().info("export: %s", summary)
     return summary

@@ -22,7 +22,7 @@ from pipeline.artifact import artifact_markdown
 from pipeline.color import lab_to_rgb
 from pipeline.colorize import finish, predict_low
 from pipeline.degrade import OLD_PRINT, degrade_lightness
-from pipeline.images import Decoded, ImageError, decode_image
+from pipeline.images import Decoded, decode_image
 from pipeline.metrics import image_metrics
 from pipeline.previews import gray_and_colour
 from pipeline.report import contact_sheet, sample_pair, sample_strip
@@ -88,7 +88,7 @@ def evaluate_shard(
             try:
                 data = load()
                 decoded = decode_image(data) if data else None
-            except ImageError:
+            except Exception:  # ImageError, or any other fault of one file: counted, skipped
                 decoded = None
             if decoded is None:
                 skipped["unreadable"] += 1

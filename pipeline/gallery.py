@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.previews import GALLERY_DIR
-from pipeline.report import load_committed_stats, merge_stats
+from pipeline.report import load_committed_stats, merge_stats, models_line, models_present
 from pipeline.stats import ShardStats
 
 PAGE_SIZE = 200
@@ -164,7 +164,8 @@ def write_gallery(dest: str, *, s3_endpoint_url: str | None = None) -> dict[str,
         "build": build,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "dest": dest,
-        "model": ", ".join(sorted({s.model for s in stats if s.model})),
+        "model": models_line(models_present(stats)),  # every model in DEST, with counts
+        "models": models_present(stats),
         "shards": totals["shards"],
         "images": totals["images"],
         "ok": totals["ok"],

@@ -3,19 +3,29 @@
 `decode_image` gives the CIE lightness L (float32, [0, 100]) of the whole image after its EXIF
 orientation, the RGB ground truth when the input has colour, the bit depth, and the metadata
 to carry over (EXIF, DPI, XMP, IPTC, ICC). `encode_image` writes an RGB result back.
+
+Metadata never costs the pixels: each kind is read, checked and written on its own, and one
+that is damaged (a junk eXIf chunk, an IFD loop, 0/0 resolution, an ICC profile that does not
+parse, XMP that is not XML, IPTC records that do not add up) is dropped, never guessed at; its
+kind is listed in `Decoded.dropped` (decode) or the caller's `dropped` list (encode) for the
+shard's statistics.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import math
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from xml.parsers import expat
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, IptcImagePlugin
+from PIL import Image, ImageFile, IptcImagePlugin
 
 from pipeline.color import gray_to_lightness
 from pipeline.lab_cpu import any_beyond, levels_to_lightness, rgb8_to_lab, rgbx_of
@@ -23,6 +33,22 @@ from pipeline.lab_cpu import any_beyond, levels_to_lightness, rgb8_to_lab, rgbx_
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (~13k x 13k)
 GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan stored in colour
 SUPPORTED_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "RGB", "RGBA", "P", "PA", "CMYK")
+METADATA_KINDS = ("exif", "iptc", "xmp", "icc", "dpi")  # what `dropped` lists may name
+KIND_OF_KEY = {"exif": "exif", "iptc": "iptc", "xmp": "xmp", "icc_profile": "icc", "dpi": "dpi"}
+MAX_DPI = 65535.0  # JPEG's density field; a larger (or under 1/2, or 0/0) one is damage
+ORIENTATION = 0x0112
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+XMP_ORIENTATION = re.compile(
+    rb'tiff:Orientation="[0-9]"|<tiff:Orientation>[0-9]</tiff:Orientation>'
+)
 
 
 class ImageError(ValueError):
@@ -41,6 +67,7 @@ class Decoded:
     bit_depth: int  # 8 or 16
     metadata: dict[str, Any] = field(default_factory=dict)  # exif, dpi, xmp, iptc, icc_profile
     plain_gray_jpeg: bool = False  # a gray JPEG shown as stored (no rotation): browsers can too
+    dropped: list[str] = field(default_factory=list)  # METADATA_KINDS found damaged and dropped
 
     @property
     def size(self) -> tuple[int, int]:
@@ -49,41 +76,117 @@ class Decoded:
 
 
 def _iptc_records(img: Image.Image) -> bytes | None:
-    """The IPTC-IIM datasets of a JPEG (Photoshop APP13) or TIFF (tag 33723) as raw records."""
+    """The IPTC-IIM datasets of a JPEG (Photoshop APP13) or TIFF (tag 33723) as raw records.
+    An empty dataset (Pillow gives its value as None) stays an empty dataset. Raises on
+    damage (`_guarded` drops the block)."""
     if not isinstance(img, ImageFile.ImageFile):
         return None
-    try:
-        datasets = IptcImagePlugin.getiptcinfo(img)
-    except (OSError, SyntaxError, ValueError):
-        return None  # a damaged IPTC block is dropped; the pixels still count
+    datasets = IptcImagePlugin.getiptcinfo(img)
     if not datasets:
         return None
     out = bytearray()
     for (record, number), value in sorted(datasets.items()):
         for item in value if isinstance(value, list) else [value]:
+            item = b"" if item is None else bytes(item)
             if len(item) < 0x8000:
                 out += bytes((0x1C, record, number)) + len(item).to_bytes(2, "big") + item
             else:  # extended dataset: a 4-byte length follows
                 out += bytes((0x1C, record, number)) + b"\x80\x04" + len(item).to_bytes(4, "big")
                 out += item
-    return bytes(out)
+    return _checked_iptc(bytes(out))
+
+
+def _checked_iptc(records: bytes) -> bytes:
+    """`records` if they are well-formed IPTC-IIM datasets end to end, else ValueError."""
+    i = 0
+    while i < len(records):
+        if records[i] != 0x1C or i + 5 > len(records):
+            raise ValueError(f"IPTC: no dataset marker at byte {i}")
+        size = int.from_bytes(records[i + 3 : i + 5], "big")
+        i += 5
+        if size & 0x8000:  # extended: the next (size & 0x7FFF) bytes hold the length
+            count = size & 0x7FFF
+            if not 1 <= count <= 4 or i + count > len(records):
+                raise ValueError("IPTC: bad extended length")
+            size = int.from_bytes(records[i : i + count], "big")
+            i += count
+        if i + size > len(records):
+            raise ValueError("IPTC: a dataset runs past the end")
+        i += size
+    return records
 
 
 def _png_iptc_records(img: Image.Image) -> bytes | None:
     """IPTC from PNG's "Raw profile type iptc" text (as we and ExifTool write it)."""
     text = img.info.get("Raw profile type iptc")
-    if not isinstance(text, str):
+    if text is None:
         return None
-    lines = text.strip().splitlines()
+    lines = str(text).strip().splitlines()
+    return _checked_iptc(bytes.fromhex("".join(lines[2:])))  # "iptc", the length, hex lines
+
+
+def read_metadata(img: Image.Image, dropped: list[str] | None = None) -> dict[str, Any]:
+    """EXIF, DPI, XMP, IPTC and ICC of an open image, as `encode_image` takes them; the kinds
+    found damaged (and left out) are appended to `dropped`."""
+    dropped = [] if dropped is None else dropped
+    iptc = _guarded("iptc", dropped, lambda: _iptc_records(img) or _png_iptc_records(img))
+    return _metadata(img, iptc, _guarded("exif", dropped, lambda: _exif_of(img)), dropped)
+
+
+def _guarded(kind: str, dropped: list[str], read: Callable[..., Any], *args: Any) -> Any:
+    """`read(*args)`, or None with `kind` noted as dropped when it raises: one damaged kind of
+    metadata never costs the image (nor the other kinds)."""
     try:
-        return bytes.fromhex("".join(lines[2:]))  # "iptc", the length, then hex lines
-    except ValueError:
+        return read(*args)
+    except Exception:
+        dropped.append(kind)
         return None
 
 
-def read_metadata(img: Image.Image) -> dict[str, Any]:
-    """EXIF, DPI, XMP, IPTC and ICC of an open image, as `encode_image` takes them."""
-    return _metadata(img, _iptc_records(img) or _png_iptc_records(img))
+def _exif_of(img: Image.Image) -> Image.Exif | None:
+    """The image's EXIF (None without one); raises when it does not parse."""
+    exif = img.getexif()
+    return exif if len(exif) else None
+
+
+def _orientation(exif: Image.Exif | None) -> int:
+    """EXIF orientation 1-8; anything else (absent, out of range, not a number) is upright."""
+    value = exif.get(ORIENTATION, 1) if exif is not None else 1
+    return value if isinstance(value, int) and value in TRANSPOSE else 1
+
+
+def _exif_bytes(exif: Image.Exif) -> bytes:
+    """EXIF without its orientation (the pixels are upright from now on), as bytes that parse
+    again, sub-IFDs included; raises on damage."""
+    exif.pop(ORIENTATION, None)
+    data = exif.tobytes()
+    again = Image.Exif()
+    again.load(data)
+    for ifd in (0x8769, 0x8825, 0xA005):  # Exif, GPS, interoperability
+        again.get_ifd(ifd)
+    return data
+
+
+def _checked_dpi(value: Any) -> tuple[float, float]:
+    x, y = (float(v) for v in value)
+    if not (math.isfinite(x) and math.isfinite(y) and min(x, y) > 0.5 and max(x, y) <= MAX_DPI):
+        raise ValueError(f"resolution {value!r} is not a real one")
+    return x, y
+
+
+def _checked_icc(value: Any) -> bytes:
+    from PIL import ImageCms
+
+    data = bytes(value)
+    ImageCms.ImageCmsProfile(io.BytesIO(data))  # raises on a profile LittleCMS cannot read
+    return data
+
+
+def _checked_xmp(value: Any) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    # an XMP packet is well-formed XML (namespaces not checked: an undeclared prefix is kept)
+    expat.ParserCreate().Parse(data.strip(b"\x00 \t\r\n"), True)
+    return data
 
 
 def _photoshop_iptc_segment(records: bytes) -> bytes:
@@ -101,21 +204,46 @@ def _png_iptc_text(records: bytes) -> bytes:
     return f"\niptc\n{len(records):8d}\n{lines}\n".encode()
 
 
-def _metadata(img: Image.Image, iptc: bytes | None) -> dict[str, Any]:
+def _metadata(
+    img: Image.Image, iptc: bytes | None, exif: Image.Exif | None, dropped: list[str]
+) -> dict[str, Any]:
+    """The metadata to carry, each kind checked on its own; damaged ones go to `dropped`."""
     meta: dict[str, Any] = {}
     if iptc:
         meta["iptc"] = iptc
-    exif = img.getexif()
-    if exif:
-        exif.pop(0x0112, None)  # orientation was applied to the pixels: upright from now on
-        meta["exif"] = exif.tobytes()
-    for key in ("dpi", "icc_profile"):
-        if img.info.get(key):
-            meta[key] = img.info[key]
+    if exif is not None:
+        data = _guarded("exif", dropped, lambda: _exif_bytes(exif))
+        if data:
+            meta["exif"] = data
+    checks: dict[str, Callable[[Any], Any]] = {"dpi": _checked_dpi, "icc_profile": _checked_icc}
+    for key, check in checks.items():
+        value = img.info.get(key)
+        if key == "dpi" and img.format == "TIFF" and 282 not in getattr(img, "tag_v2", {}):
+            continue  # no XResolution: Pillow's (1, 1) stands in for none
+        if value is not None and (key != "icc_profile" or value):
+            checked = _guarded(KIND_OF_KEY[key], dropped, check, value)
+            if checked is not None:
+                meta[key] = checked
     xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
     if xmp:
-        meta["xmp"] = xmp if isinstance(xmp, bytes) else str(xmp).encode()
+        checked_xmp = _guarded("xmp", dropped, lambda: _checked_xmp(xmp))
+        if checked_xmp is not None:
+            meta["xmp"] = checked_xmp
     return meta
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    """The image turned as its EXIF orientation says, and its XMP's orientation removed."""
+    if orientation == 1:
+        return img
+    turned = img.transpose(TRANSPOSE[orientation])
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        value = turned.info.get(key)
+        if isinstance(value, bytes):
+            turned.info[key] = XMP_ORIENTATION.sub(b"", value)
+        elif isinstance(value, str):
+            turned.info[key] = XMP_ORIENTATION.sub(b"", value.encode()).decode()
+    return turned
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -134,25 +262,28 @@ def _lightness_table(bits: int) -> np.ndarray:
 
 def decode_pil(img: Image.Image) -> Decoded:
     """A PIL image (already open) -> Decoded; see `decode_image`."""
-    iptc = _iptc_records(img)  # before the transpose, which drops TIFF tags
-    upright = img.getexif().get(0x0112, 1) == 1
-    plain_gray_jpeg = img.format == "JPEG" and img.mode == "L" and upright
-    if not upright:  # (exif_transpose copies an upright image whole)
-        img = ImageOps.exif_transpose(img) or img
-    meta = _metadata(img, iptc)
+    dropped: list[str] = []
+    # before the transpose, which drops TIFF tags
+    iptc = _guarded("iptc", dropped, lambda: _iptc_records(img) or _png_iptc_records(img))
+    exif = _guarded("exif", dropped, lambda: _exif_of(img))
+    orientation = _orientation(exif)
+    plain_gray_jpeg = img.format == "JPEG" and img.mode == "L" and orientation == 1
+    img = _upright(img, orientation)
+    meta = _metadata(img, iptc, exif, dropped)
     mode = img.mode
     if mode not in SUPPORTED_MODES:
         raise ImageError("unsupported_mode", f"unsupported image mode {mode!r}")
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale; a mode-I image (32-bit) is read as 16-bit values, as PNG/TIFF store them
         levels = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
-        return Decoded(levels_to_lightness(levels, _lightness_table(16)), None, None, 16, meta)
+        lightness = levels_to_lightness(levels, _lightness_table(16))
+        return Decoded(lightness, None, None, 16, meta, dropped=dropped)
     if mode in ("1", "L", "LA", "PA"):
         if mode in ("LA", "PA"):
             img = _flatten_alpha(img)
         gray = img if img.mode == "L" else img.convert("L")
         lightness = levels_to_lightness(np.asarray(gray), _lightness_table(8))
-        return Decoded(lightness, None, None, 8, meta, plain_gray_jpeg)
+        return Decoded(lightness, None, None, 8, meta, plain_gray_jpeg, dropped)
     if mode == "RGBA" or (mode == "P" and "transparency" in img.info):
         rgb8 = np.asarray(_flatten_alpha(img))
     else:  # RGB (read as it is: Pillow's convert to its own mode copies), P, CMYK
@@ -160,8 +291,9 @@ def decode_pil(img: Image.Image) -> Decoded:
     lightness, ab = rgb8_to_lab(rgb8)
     is_colour = any_beyond(ab, GRAY_TOLERANCE)
     if not is_colour:
-        return Decoded(lightness, None, None, 8, meta)
-    return Decoded(lightness, np.multiply(rgb8, np.float32(1 / 255), dtype=np.float32), ab, 8, meta)
+        return Decoded(lightness, None, None, 8, meta, dropped=dropped)
+    rgb = np.multiply(rgb8, np.float32(1 / 255), dtype=np.float32)
+    return Decoded(lightness, rgb, ab, 8, meta, dropped=dropped)
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
@@ -186,7 +318,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         raise ImageError("too_large", f"decompression bomb: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError("not_an_image", "not a recognised image format") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # OSError, SyntaxError, ValueError, zlib.error, struct.error...
         raise ImageError("corrupt", f"corrupt or truncated image: {exc}") from exc
     return decode_pil(img)
 
@@ -233,37 +365,80 @@ def encode_image(
     quality: int = 95,
     bit_depth: int = 8,
     metadata: dict[str, Any] | None = None,
+    dropped: list[str] | None = None,
 ) -> bytes:
     """(H, W, 3) RGB (float in [0, 1], uint8, or uint16 for 16-bit output; or an 8-bit RGB PIL
-    image) -> JPEG or PNG
-    bytes, with the input's metadata and an sRGB ICC profile (the pixels are sRGB whatever
-    the input's profile was). 16-bit output is PNG."""
+    image) -> JPEG or PNG bytes, with the input's metadata and an sRGB ICC profile (the pixels
+    are sRGB whatever the input's profile was). 16-bit output is PNG. Metadata the format
+    cannot hold (e.g. EXIF over a JPEG segment's 64 KiB) is left out, its kind appended to
+    `dropped`: the image is always written."""
     meta = dict(metadata or {})
-    buf = io.BytesIO()
+    dropped = [] if dropped is None else dropped
     if bit_depth == 16:
-        return _encode_png16(np.asarray(rgb), meta)
+        return _encode_png16(np.asarray(rgb), meta, dropped)
+    if fmt not in ("jpeg", "png"):
+        raise ValueError(f"unknown output format {fmt!r}: use 'jpeg' or 'png'")
     img = rgb_to_pil(rgb)
-    kwargs: dict[str, Any] = {"icc_profile": _srgb_icc()}
-    for key in ("exif", "dpi", "xmp"):
-        if key in meta:
-            kwargs[key] = meta[key]
-    if fmt == "jpeg" and "iptc" in meta and len(meta["iptc"]) < 65000:
-        kwargs["extra"] = _photoshop_iptc_segment(meta["iptc"])  # one segment holds < 64 KiB
-    if fmt == "png" and "iptc" in meta:
-        from PIL.PngImagePlugin import PngInfo
+    if fmt == "png" and img.mode != "RGB":
+        img = img.convert("RGB")
+    extras = _metadata_kwargs(fmt, meta)
+    try:
+        return _save(img, fmt, quality, extras)
+    except Exception:
+        # which kinds fail, each on its own (on a tiny image: the pixels are not in question)
+        tiny = Image.new("RGB", (8, 8))
+        bad = []
+        for key, kwargs in extras.items():
+            try:
+                _save(tiny, fmt, quality, {key: kwargs})
+            except Exception:
+                bad.append(key)
+        if not bad:
+            raise
+        dropped.extend(KIND_OF_KEY[key] for key in bad)
+        return _save(img, fmt, quality, {k: v for k, v in extras.items() if k not in bad})
 
-        kwargs["pnginfo"] = PngInfo()
-        kwargs["pnginfo"].add_text("Raw profile type iptc", _png_iptc_text(meta["iptc"]), zip=True)
+
+def _metadata_kwargs(fmt: str, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Pillow's save arguments for each kind of metadata, by its key in `meta`."""
+    extras: dict[str, dict[str, Any]] = {}
+    for key in ("exif", "dpi") if fmt == "png" else ("exif", "dpi", "xmp"):
+        if key in meta:
+            extras[key] = {key: meta[key]}
+    if fmt == "jpeg" and "iptc" in meta and len(meta["iptc"]) < 65000:
+        extras["iptc"] = {"extra": _photoshop_iptc_segment(meta["iptc"])}  # one segment: 64 KiB
+    if fmt == "png" and "xmp" in meta:  # Pillow's PNG writer takes no xmp: its own iTXt chunk
+        extras["xmp"] = {"png_text": ("itxt", "XML:com.adobe.xmp", meta["xmp"].decode())}
+    if fmt == "png" and "iptc" in meta:
+        text = _png_iptc_text(meta["iptc"])
+        extras["iptc"] = {"png_text": ("text", "Raw profile type iptc", text)}
+    return extras
+
+
+def _save(img: Image.Image, fmt: str, quality: int, extras: dict[str, dict[str, Any]]) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    kwargs: dict[str, Any] = {"icc_profile": _srgb_icc()}
+    texts = PngInfo()
+    for extra in extras.values():
+        if "png_text" in extra:
+            kind, key, value = extra["png_text"]
+            if kind == "itxt":
+                texts.add_itxt(key, value)
+            else:
+                texts.add_text(key, value, zip=True)
+            kwargs["pnginfo"] = texts
+        else:
+            kwargs.update(extra)
+    buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kwargs)
-    elif fmt == "png":
-        (img if img.mode == "RGB" else img.convert("RGB")).save(buf, "PNG", **kwargs)
     else:
-        raise ValueError(f"unknown output format {fmt!r}: use 'jpeg' or 'png'")
+        img.save(buf, "PNG", **kwargs)
     return buf.getvalue()
 
 
-def _encode_png16(rgb: np.ndarray, meta: dict[str, Any]) -> bytes:
+def _encode_png16(rgb: np.ndarray, meta: dict[str, Any], dropped: list[str]) -> bytes:
     """16-bit RGB PNG (Pillow cannot write 16-bit colour PNG); metadata as PNG chunks.
 
     Rows use PNG's Sub filter, built with numpy, and are deflated by ISA-L (`isal`) at its
@@ -286,29 +461,44 @@ def _encode_png16(rgb: np.ndarray, meta: dict[str, Any]) -> bytes:
     rows[:, 1:7] = data[:, :6]
     np.subtract(data[:, 6:], data[:, :-6], out=rows[:, 7:])
     header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes((16, 2, 0, 0, 0))
-    chunks = [(b"IHDR", header), *_png_metadata_chunks(meta)]
+    chunks = [(b"IHDR", header), *_png_metadata_chunks(meta, dropped)]
     chunks += [(b"IDAT", isal_zlib.compress(rows, 1)), (b"IEND", b"")]
     out = io.BytesIO()
     png.write_chunks(out, chunks)
     return out.getvalue()
 
 
-def _png_metadata_chunks(meta: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    """sRGB ICC profile, EXIF, DPI, XMP and IPTC as PNG chunks (they go before IDAT)."""
+def _png_metadata_chunks(
+    meta: dict[str, Any], dropped: list[str] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """sRGB ICC profile, EXIF, DPI, XMP and IPTC as PNG chunks (they go before IDAT); a kind
+    that cannot be written is left out and appended to `dropped`."""
     import zlib
+
+    dropped = [] if dropped is None else dropped
+
+    def exif(value: bytes) -> tuple[bytes, bytes]:
+        return b"eXIf", bytes(value[6:] if value.startswith(b"Exif\x00\x00") else value)
+
+    def dpi(value: Any) -> tuple[bytes, bytes]:
+        ppm = [max(1, round(float(d) / 0.0254)) for d in value]
+        return b"pHYs", ppm[0].to_bytes(4, "big") + ppm[1].to_bytes(4, "big") + b"\x01"
+
+    def xmp(value: bytes) -> tuple[bytes, bytes]:
+        return b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + bytes(value)
+
+    def iptc(value: bytes) -> tuple[bytes, bytes]:
+        return b"zTXt", b"Raw profile type iptc\x00\x00" + zlib.compress(_png_iptc_text(value))
 
     chunks: list[tuple[bytes, bytes]] = [
         (b"iCCP", b"sRGB\x00\x00" + zlib.compress(_srgb_icc())),
     ]
-    if "exif" in meta:
-        exif = meta["exif"]
-        chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
-    if "dpi" in meta:
-        ppm = [max(1, round(float(d) / 0.0254)) for d in meta["dpi"]]
-        chunks.append((b"pHYs", ppm[0].to_bytes(4, "big") + ppm[1].to_bytes(4, "big") + b"\x01"))
-    if "xmp" in meta:
-        chunks.append((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta["xmp"]))
-    if "iptc" in meta:
-        text = zlib.compress(_png_iptc_text(meta["iptc"]))
-        chunks.append((b"zTXt", b"Raw profile type iptc\x00\x00" + text))
+    makers: dict[str, Callable[[Any], tuple[bytes, bytes]]] = {
+        "exif": exif, "dpi": dpi, "xmp": xmp, "iptc": iptc,
+    }  # fmt: skip
+    for key, make in makers.items():
+        if key in meta:
+            chunk = _guarded(KIND_OF_KEY[key], dropped, make, meta[key])
+            if chunk is not None:
+                chunks.append(chunk)
     return chunks

@@ -94,9 +94,15 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
 
 
 def write_previews(
-    dest: str, shard: str, position: int, images: dict[tuple[str, str], bytes]
+    dest: str,
+    shard: str,
+    position: int,
+    images: dict[tuple[str, str], bytes],
+    *,
+    atomic: bool = False,
 ) -> None:
     """In place, not atomic: the gallery reads only committed shards, whose previews were all
-    written before their stats file (a retried shard writes the same bytes again)."""
+    written before their stats file (a retried shard writes the same bytes again). `atomic`
+    for a committed shard being redone (`--recolorize`): its gallery stays whole meanwhile."""
     for (size, side), data in images.items():
-        storage.write_bytes(preview_uri(dest, size, shard, position, side), data, atomic=False)
+        storage.write_bytes(preview_uri(dest, size, shard, position, side), data, atomic=atomic)

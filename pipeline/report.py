@@ -49,15 +49,18 @@ def _metric_order(names: Iterable[str]) -> list[str]:
 def merge_stats(stats: list[ShardStats]) -> dict[str, Any]:
     """Totals over shards; metric summaries merge exactly because histogram edges are fixed.
 
-    Returns shards, images (sum of rows), ok, errors, errors_by_kind, shard_seconds (sum of the
-    shards' own timings, not wall clock) and metrics {name: MetricSummary}. Inputs are not
-    modified.
+    Returns shards, images (sum of rows), ok, errors, errors_by_kind, metadata_dropped (ok
+    images whose damaged metadata of a kind was left out), shard_seconds (sum of the shards'
+    own timings, not wall clock) and metrics {name: MetricSummary}. Inputs are not modified.
     """
     errors_by_kind: dict[str, int] = {}
+    metadata_dropped: dict[str, int] = {}
     metrics: dict[str, MetricSummary] = {}
     for s in stats:
         for kind, n in s.errors_by_kind.items():
             errors_by_kind[kind] = errors_by_kind.get(kind, 0) + n
+        for kind, n in s.metadata_dropped.items():
+            metadata_dropped[kind] = metadata_dropped.get(kind, 0) + n
         for name, summary in s.metrics.items():
             metrics.setdefault(name, MetricSummary()).merge(summary)
     return {
@@ -66,9 +69,28 @@ def merge_stats(stats: list[ShardStats]) -> dict[str, Any]:
         "ok": sum(s.ok for s in stats),
         "errors": sum(s.errors for s in stats),
         "errors_by_kind": dict(sorted(errors_by_kind.items())),
+        "metadata_dropped": dict(sorted(metadata_dropped.items())),
         "shard_seconds": sum(s.seconds for s in stats),
         "metrics": {name: metrics[name] for name in _metric_order(metrics)},
     }
+
+
+def models_present(stats: list[ShardStats]) -> dict[str, dict[str, int]]:
+    """Every model that made committed shards: {model id: {"shards", "images"}}. One archive,
+    one model: more than one entry means DEST mixes outputs (see pipeline/manifest.py)."""
+    found: dict[str, dict[str, int]] = {}
+    for s in stats:
+        entry = found.setdefault(s.model or "unknown", {"shards": 0, "images": 0})
+        entry["shards"] += 1
+        entry["images"] += s.rows
+    return dict(sorted(found.items()))
+
+
+def models_line(models: dict[str, dict[str, int]]) -> str:
+    """`a.safetensors@1234 (6 images, 2 shards)`, joined by "; " (export's and the CLI's)."""
+    return "; ".join(
+        f"{name} ({m['images']:,} images, {m['shards']:,} shards)" for name, m in models.items()
+    )
 
 
 def _metric_json(name: str, summary: MetricSummary) -> dict[str, Any]:
@@ -99,6 +121,7 @@ def build_report(
     model: str,
     source: str,
     dest: str,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON-able report of the whole archive and of this run.
 
@@ -115,10 +138,13 @@ def build_report(
         "source": source,
         "dest": dest,
         "model": model,
+        "models": models_present(stats),  # every model in DEST, with counts: one, normally
+        "settings": settings or {},  # DEST's manifest: what made it
         "images": archive["images"],
         "ok": archive["ok"],
         "errors": archive["errors"],
         "errors_by_kind": archive["errors_by_kind"],
+        "metadata_dropped": archive["metadata_dropped"],
         "shards": {
             "total": shards_done + shards_skipped + len(failed),
             "done": shards_done,
@@ -133,6 +159,7 @@ def build_report(
             "ok": archive["ok"],
             "errors": archive["errors"],
             "errors_by_kind": archive["errors_by_kind"],
+            "metadata_dropped": archive["metadata_dropped"],
             "shard_seconds": archive["shard_seconds"],
         },
         "this_run": {
@@ -141,6 +168,7 @@ def build_report(
             "ok": run["ok"],
             "errors": run["errors"],
             "errors_by_kind": run["errors_by_kind"],
+            "metadata_dropped": run["metadata_dropped"],
             "seconds": seconds,
             "shard_seconds": run["shard_seconds"],
             "images_per_second": run_rate,
@@ -185,6 +213,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- source: `{report['source']}`",
         f"- dest: `{report['dest']}`",
         f"- model: `{report['model']}`",
+        *_models_lines(report.get("models", {})),
+        *_settings_lines(report.get("settings", {})),
         "- every image, sortable by uncertainty: [review gallery](gallery/index.html)",
         "",
         "## Summary",
@@ -218,6 +248,18 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {_cell(k)} | {_num(n)} |" for k, n in report["errors_by_kind"].items()]
     else:
         lines.append("No errors.")
+    lines += ["", "## Metadata dropped", ""]
+    if report.get("metadata_dropped"):
+        lines += [
+            "Damaged metadata is left out, never guessed at; these images are ok rows all the "
+            "same.",
+            "",
+            "| kind | images |",
+            "|---|---:|",
+        ]
+        lines += [f"| {_cell(k)} | {_num(n)} |" for k, n in report["metadata_dropped"].items()]
+    else:
+        lines.append("None.")
     lines += ["", "## Failed shards", ""]
     if shards["failed"]:
         lines += ["| shard | error |", "|---|---|"]
@@ -239,6 +281,27 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _models_lines(models: dict[str, dict[str, int]]) -> list[str]:
+    """Every model in DEST with its counts; a warning when there is more than one."""
+    lines = [
+        f"- made by: `{name}` ({_num(m['images'])} images, {_num(m['shards'])} shards)"
+        for name, m in models.items()
+    ]
+    if len(models) > 1:
+        lines.append(
+            f"- **warning: {len(models)} models in one DEST**: rerun with `--recolorize` to "
+            "redo every shard with one"
+        )
+    return lines
+
+
+def _settings_lines(settings: dict[str, Any]) -> list[str]:
+    if not settings:
+        return []
+    shown = ", ".join(f"{k} `{v}`" for k, v in settings.items() if k != "model")
+    return [f"- settings (DEST/_manifest.json): {shown}"]
 
 
 def _png(image: Image.Image) -> bytes:
@@ -366,6 +429,7 @@ def write_run_report(
     seconds: float,
     max_rows: int = 12,
     s3_endpoint_url: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """End-of-run entry point: everything committed in DEST -> the four report files.
 
@@ -387,6 +451,7 @@ def write_run_report(
         model=model,
         source=source,
         dest=dest,
+        settings=settings,
     )
     samples = [s.sample for s in stats if s.sample][: max(0, max_rows)]
     strips = [storage.read_bytes(uri) for uri in samples]

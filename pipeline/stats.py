@@ -7,6 +7,7 @@ so no pass over the output images is ever needed for the report.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,12 +113,17 @@ class ShardStats:
     peak_rss_mb: float = 0.0  # of the worker process, when the shard was committed
     node: str = ""  # which Ray node processed it: "<ip> <node id prefix>"
     device: str = ""  # and on what: "cpu", "cuda:0", ...
+    # ok images whose metadata of a kind (exif, iptc, xmp, icc, dpi) was damaged and dropped
+    metadata_dropped: dict[str, int] = field(default_factory=dict)
+    settings: str = ""  # the hash of the DEST manifest's settings it was made with (manifest.py)
 
-    def add_ok(self, metrics: dict[str, float]) -> None:
+    def add_ok(self, metrics: dict[str, float], metadata_dropped: Iterable[str] = ()) -> None:
         self.rows += 1
         self.ok += 1
         for name, value in metrics.items():
             self.metrics.setdefault(name, MetricSummary()).add(name, value)
+        for kind in sorted(set(metadata_dropped)):  # an image counts once per kind
+            self.metadata_dropped[kind] = self.metadata_dropped.get(kind, 0) + 1
 
     def add_error(self, kind: str) -> None:
         self.rows += 1
@@ -141,6 +147,8 @@ class ShardStats:
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "node": self.node,
             "device": self.device,
+            "metadata_dropped": dict(sorted(self.metadata_dropped.items())),
+            "settings": self.settings,
         }
 
     @classmethod
@@ -161,4 +169,6 @@ class ShardStats:
             peak_rss_mb=data.get("peak_rss_mb", 0.0),
             node=data.get("node", ""),
             device=data.get("device", ""),
+            metadata_dropped=dict(data.get("metadata_dropped", {})),
+            settings=data.get("settings", ""),
         )

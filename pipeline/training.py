@@ -43,7 +43,7 @@ from models.targets import (
 from pipeline import storage
 from pipeline.color import rgb_to_lab
 from pipeline.degrade import degrade_lightness, random_old_print
-from pipeline.images import ImageError, decode_image
+from pipeline.images import decode_image
 from pipeline.shards import image_bytes_column
 from pipeline.stamps import decode_stamp, paste_stamp
 
@@ -145,7 +145,7 @@ def prepare_photo(data: bytes, size: int) -> np.ndarray | None:
     gray or unreadable image (no colour to learn from)."""
     try:
         decoded = decode_image(data)
-    except ImageError:
+    except Exception:  # one unreadable photo is skipped, never the whole preparation task
         return None
     if decoded.rgb is None:
         return None

@@ -18,7 +18,7 @@ import resource
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 import models
-from pipeline import storage
+from pipeline import manifest, storage
 from pipeline.colorize import PRECISIONS, finish, predict_low, predict_working, working_batch
 from pipeline.images import (
     DEFAULT_MAX_PIXELS,
@@ -158,6 +158,7 @@ class _Encoded:
     image: bytes | None
     metrics: dict[str, float]
     error: tuple[str, str] | None  # (kind, message)
+    dropped: list[str] = field(default_factory=list)  # metadata kinds damaged and left out
 
 
 class ShardColorizer:
@@ -181,6 +182,18 @@ class ShardColorizer:
         path = resolve_model(model)
         self.model = models.load(path, device=self.device)
         self.model_id = model_id(path)
+        # what each shard's stats record: the manifest's hash of the settings used here
+        self.settings = manifest.output_settings(
+            self.model_id,
+            self.model.temperature
+            if self.options.temperature is None
+            else self.options.temperature,
+            self.options.output_format,
+            self.options.quality,
+            self.options.precision,
+            self.options.metrics_max_side,
+        )
+        self.settings_hash = manifest.settings_hash(self.settings)
         # one forward before any shard: a model that cannot run on this device fails here, not
         # as a shard of error rows, and one-time kernel set-up stays out of shard timings
         warm = [np.full((64, 64), 50.0, dtype=np.float32)]
@@ -204,6 +217,10 @@ class ShardColorizer:
         started = time.perf_counter()
         stats = ShardStats(shard.name, shard.uri, shard.output_uri(dest), model=self.model_id)
         stats.attempt = attempt
+        stats.settings = self.settings_hash
+        # replacing a committed shard (a recolorize): its gallery images are swapped atomically,
+        # as the shard's old output stays whole until the new one commits
+        replacing = storage.exists(shard.stats_uri(dest))
         stats.node, stats.device = self.node, str(self.device)
         staging = storage.local_staging_dir(dest)
         writer = ShardWriter(shard.output_uri(dest), staging)
@@ -218,7 +235,9 @@ class ShardColorizer:
                 next_position = items[-1].position + 1
                 decoding = self._submit_decode(next(batches, None), next_position)  # overlaps
                 self._infer(items)
-                encoded = [self.pool.submit(self._encode, it, dest, shard.name) for it in items]
+                encoded = [
+                    self.pool.submit(self._encode, it, dest, shard.name, replacing) for it in items
+                ]
                 if pending_write is not None:
                     pending_write.result()  # at most one batch waits to be written
                 pending_write = self.writer_thread.submit(
@@ -324,7 +343,7 @@ class ShardColorizer:
                 cols[name].append(metrics.get(name))
             cols["model"].append(self.model_id)
             if error is None:
-                stats.add_ok(metrics)
+                stats.add_ok(metrics, done.dropped)
                 if len(samples) < self.options.samples_per_shard and item.output is not None:
                     lightness = item.decoded.lightness  # type: ignore[union-attr]
                     samples.append(sample_pair(*gray_and_colour(lightness, item.output)))
@@ -332,7 +351,7 @@ class ShardColorizer:
                 stats.add_error(error[0])
         writer.write(cols, batch.metadata)
 
-    def _encode(self, item: _Item, dest: str, shard_name: str) -> _Encoded:
+    def _encode(self, item: _Item, dest: str, shard_name: str, atomic: bool = False) -> _Encoded:
         """Finish one image (full-size ab, RGB), score it, encode it, and make and write its
         gallery images (runs in the pool). One 8-bit (or 16-bit) RGB serves all of them."""
         if item.error is not None or item.decoded is None or item.ab_low is None:
@@ -359,7 +378,10 @@ class ShardColorizer:
             # 8 bits: one PIL image over join_lab's memory for the file, previews and samples
             item.output = rgb if dec.bit_depth == 16 else rgb_to_pil(rgb)
             fmt = "png" if dec.bit_depth == 16 else self.options.output_format
-            data = encode_image(item.output, fmt, self.options.quality, dec.bit_depth, dec.metadata)
+            dropped = list(dec.dropped)  # damaged metadata: left out when read or written
+            data = encode_image(
+                item.output, fmt, self.options.quality, dec.bit_depth, dec.metadata, dropped
+            )
             gallery = previews(
                 dec.lightness,
                 item.output,
@@ -371,5 +393,5 @@ class ShardColorizer:
         except Exception as exc:
             return _Encoded(None, {}, ("encode", f"{type(exc).__name__}: {exc}"))
         # outside the try: a storage fault fails the shard (which is retried), never the row
-        write_previews(dest, shard_name, item.position, gallery)
-        return _Encoded(data, metrics, None)
+        write_previews(dest, shard_name, item.position, gallery, atomic=atomic)
+        return _Encoded(data, metrics, None, dropped)

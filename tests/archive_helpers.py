@@ -63,3 +63,28 @@ def read_output(dest: Path) -> list[dict]:
             row["_shard"] = path.stem
             rows.append(row)
     return rows
+
+
+def jpeg_with_empty_iptc(array: np.ndarray, size: int | None = 160) -> bytes:
+    """A real photo as JPEG whose IPTC block (Photoshop APP13) holds an empty dataset beside a
+    normal one: Pillow reads the empty one's value as None."""
+    from pipeline.images import _photoshop_iptc_segment
+
+    records = bytes((0x1C, 2, 120, 0, 0))  # caption, zero length
+    records += bytes((0x1C, 2, 5)) + (5).to_bytes(2, "big") + b"title"
+    img = Image.fromarray(array).convert("RGB")
+    if size:
+        img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, extra=_photoshop_iptc_segment(records))
+    return buf.getvalue()
+
+
+def png_with_junk_exif(array: np.ndarray, size: int | None = 160) -> bytes:
+    """A real photo as PNG whose eXIf chunk is junk (Pillow's getexif: "not a TIFF file")."""
+    img = Image.fromarray(array).convert("RGB")
+    if size:
+        img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=b"this is no TIFF header at all")
+    return buf.getvalue()

@@ -1,0 +1,171 @@
+"""One archive, one model: DEST/_manifest.json, refusal of other settings, --recolorize; and
+damaged metadata that never costs the pixels, end to end (real local Ray, Prefect's engine,
+real files; one DEST through every step, as a nightly deployment would see it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from PIL import Image
+from skimage import data
+
+import models
+from flows import cli
+from flows.colorize import ConfigError, colorize_archive
+from pipeline.manifest import MANIFEST
+from pipeline.worker import model_id
+from tests.archive_helpers import (
+    jpeg_with_empty_iptc,
+    make_image_folder,
+    png_with_junk_exif,
+    read_output,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=os.environ["ARCHIVE_COLORIZE_RAY_TEMP"],
+        )
+    yield
+
+
+def _model(path: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    models.save(models.build("small"), path)
+    return str(path)
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_one_dest_one_model_refuse_then_recolorize(tmp_path: Path, ray_local, capsys):
+    old_model = _model(tmp_path / "old.safetensors", 1)
+    new_model = _model(tmp_path / "new.safetensors", 2)
+    old_id, new_id = model_id(old_model), model_id(new_model)
+    assert old_id != new_id
+    photos, dest = tmp_path / "photos", tmp_path / "dest"
+    files = make_image_folder(photos, bad=False)  # 6 real images
+    (photos / "meta").mkdir()
+    (photos / "meta/empty_iptc.jpg").write_bytes(jpeg_with_empty_iptc(data.astronaut()))
+    (photos / "meta/junk_exif.png").write_bytes(png_with_junk_exif(data.coffee()))
+    ids = {*files, "meta/empty_iptc.jpg", "meta/junk_exif.png"}
+
+    # 1. the first run writes the manifest; damaged metadata is dropped, counted and reported
+    with capsys.disabled():  # Prefect's server, started here, logs to the real stderr
+        first = colorize_archive(str(photos), str(dest), model=old_model, shard_size=4)
+    manifest = json.loads((dest / MANIFEST).read_text())
+    assert manifest["settings"] == {
+        "model": old_id,
+        "temperature": 0.38,
+        "format": "jpeg",
+        "quality": 95,
+        "precision": "fp32",
+        "metrics_max_side": 512,
+    }
+    assert manifest["code_version"]
+    rows = read_output(dest)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert first["metadata_dropped"] == {"exif": 1}
+    report_md = (dest / "report.md").read_text()
+    assert "## Metadata dropped" in report_md and "| exif | 1 |" in report_md
+    assert first["models"] == {old_id: {"shards": 2, "images": len(ids)}}
+    assert report_md.count("- made by:") == 1 and old_id in report_md
+    stats = [json.loads(p.read_text()) for p in (dest / "_stats").glob("*.json")]
+    assert {s["settings"] for s in stats} == {manifest["settings_hash"]}
+    assert sum(s["metadata_dropped"].get("exif", 0) for s in stats) == 1
+
+    # 2. two new scans arrive; another model (and format) refuses before writing anything
+    Image.fromarray(data.chelsea()).resize((120, 90)).save(photos / "new1.jpg")
+    Image.fromarray(data.rocket()).resize((120, 80)).save(photos / "new2.png")
+    ids |= {"new1.jpg", "new2.png"}
+    before = _listing(dest)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["colorize", str(photos), str(dest), "--model", new_model, "--format", "png"])
+    assert exit_code.value.code != 0
+    message = capsys.readouterr().err
+    assert old_id in message and new_id in message
+    assert "--format: jpeg (DEST) -> png (this run)" in message
+    assert "DEST's settings" in message and "new DEST" in message and "--recolorize" in message
+    with pytest.raises(ConfigError, match=r"--temperature: 0\.38 \(DEST\) -> 0\.5"):
+        colorize_archive(str(photos), str(dest), model=old_model, temperature=0.5)
+    assert _listing(dest) == before  # no new file, nothing changed
+
+    # 3. the same settings again: committed shards are left alone, the new scans are added
+    again = colorize_archive(str(photos), str(dest), model=old_model, shard_size=4)
+    assert again["shards"]["done"] == 1 and again["shards"]["skipped"] == 2
+    for name in ("files-00000", "files-00001"):
+        path = f"_stats/{name}.json"
+        assert _listing(dest)[path] == before[path]
+    old_stats = (dest / "_stats/files-00000.json").read_bytes()
+
+    # 4. --recolorize: every shard redone by the new model, every id once, one model reported
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["colorize", str(photos), str(dest), "--model", new_model, "--recolorize"])
+    assert exit_code.value.code == 0, capsys.readouterr().err[-3000:]
+    rows = read_output(dest)
+    assert sorted(r["id"] for r in rows) == sorted(ids)  # every id exactly once
+    assert {r["model"] for r in rows} == {new_id}
+    assert all(r["status"] == "ok" for r in rows)
+    report = json.loads((dest / "report.json").read_text())
+    assert report["models"] == {new_id: {"shards": 3, "images": len(ids)}}
+    assert report["settings"]["model"] == new_id
+    report_md = (dest / "report.md").read_text()
+    assert report_md.count("- made by:") == 1 and old_id not in report_md
+    manifest = json.loads((dest / MANIFEST).read_text())
+    assert manifest["settings"]["model"] == new_id and not manifest["adopted"]
+    assert f"made by: {new_id}" in capsys.readouterr().out
+
+    # 5. a recolorize stopped part way resumes: a shard still committed with the old settings
+    # (its old stats file back in place) is redone by a plain rerun; the others are skipped
+    (dest / "_stats/files-00000.json").write_bytes(old_stats)
+    resumed = colorize_archive(str(photos), str(dest), model=new_model)
+    assert resumed["shards"]["done"] == 1 and resumed["shards"]["skipped"] == 2
+    assert resumed["models"] == {new_id: {"shards": 3, "images": len(ids)}}
+    # and a rerun with the same settings is a no-op
+    noop = colorize_archive(str(photos), str(dest), model=new_model)
+    assert noop["shards"]["done"] == 0 and noop["shards"]["skipped"] == 3
+
+
+def test_older_dest_without_manifest_is_adopted_or_refused(tmp_path: Path, ray_local):
+    model_a = _model(tmp_path / "a.safetensors", 3)
+    model_b = _model(tmp_path / "b.safetensors", 4)
+    photos, dest = tmp_path / "photos", tmp_path / "dest"
+    files = make_image_folder(photos, bad=False)
+    colorize_archive(str(photos), str(dest), model=model_a, shard_size=4)
+    # as an older version left it: no manifest, stats files without a settings hash
+    (dest / MANIFEST).unlink()
+    for path in (dest / "_stats").glob("*.json"):
+        doc = json.loads(path.read_text())
+        del doc["settings"]
+        path.write_text(json.dumps(doc))
+    legacy = shutil.copytree(dest, tmp_path / "legacy")
+    before = _listing(dest)
+    with pytest.raises(ConfigError, match=r"no _manifest\.json.*a\.safetensors@"):
+        colorize_archive(str(photos), str(dest), model=model_b)
+    assert _listing(dest) == before
+    # the model that made it: adopted, nothing redone
+    adopted = colorize_archive(str(photos), str(legacy), model=model_a)
+    assert adopted["shards"]["done"] == 0 and adopted["shards"]["skipped"] == 2
+    manifest = json.loads((legacy / MANIFEST).read_text())
+    assert manifest["adopted"] and manifest["settings"]["model"] == model_id(model_a)
+    assert len(read_output(legacy)) == len(files)
