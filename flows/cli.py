@@ -142,12 +142,15 @@ def _crossval(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
+        final=args.final,
     )
     for inputs in ("clean", "old_print"):
         for name, f in result[inputs].items():
             print(f"{inputs:9s} {name:34s} {f['mean']:+7.2f} +- {f['std']:.2f} "
                   f"({f['folds']} folds)")  # fmt: skip
     print(f"report: {args.out}/crossval.md")
+    if result.get("final"):
+        print(f"model trained on every photo, its card with these figures: {result['final']}")
     return 0
 
 
@@ -435,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
     cv.add_argument("out", help="folder or s3:// prefix: fold-N/ runs, crossval.md/.json")
     cv.add_argument("--folds", type=int, default=5, help="folds, by id hash (default 5)")
+    cv.add_argument(
+        "--final",
+        action="store_true",
+        help="then train the recipe on every photo into OUT/final (the model to ship; its "
+        "card carries the cross-validated figures)",
+    )
     cv.add_argument("--image-column", default="image", help="Parquet image column")
     cv.add_argument("--id-column", default="id", help="Parquet id column")
     cv.set_defaults(func=_crossval)

@@ -11,11 +11,14 @@ checkpoints.
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
 from flows.train import train_model
@@ -55,9 +58,12 @@ def cross_validate(
     ray_address: str | None = None,
     s3_endpoint_url: str | None = None,
     show_progress: bool = False,
+    final: bool = False,
 ) -> dict[str, Any]:
     """Train RECIPE (`train_model` options) FOLDS times on SOURCE, each time holding out one
-    fold, and score each model on its fold, clean and as old prints."""
+    fold, and score each model on its fold, clean and as old prints. With FINAL, then train
+    the recipe on every photo into OUT/final, its card carrying the cross-validated figures:
+    the model to ship."""
     recipe = dict(recipe or {})
     if not 2 <= folds <= 20:
         raise ConfigError(f"--folds must be in 2..20, got {folds}")
@@ -101,4 +107,28 @@ def cross_validate(
     storage.write_bytes(storage.join(out, "crossval.json"), json.dumps(result, indent=2).encode())
     storage.write_bytes(storage.join(out, "crossval.md"), markdown.encode())
     create_markdown_artifact(markdown=markdown, key="crossval")
+    if final:
+        result["final"] = train_final(archive, storage.join(out, "final"), recipe, result, where,
+                                      show_progress)  # fmt: skip
     return result
+
+
+def train_final(
+    archive: str, out: str, recipe: dict[str, Any], result: dict[str, Any],
+    where: dict[str, Any], show_progress: bool,
+) -> str:  # fmt: skip
+    """The recipe trained on every photo (no validation split: the folds measured it), its
+    card carrying the cross-validated figures, as OUT/model.safetensors (+ model.json)."""
+    uri = storage.join(out, "model.safetensors")
+    train_model(source=archive, out=out, val_fraction=0.0, fold=0, show_progress=show_progress,
+                **where, **recipe)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "model.safetensors"
+        local.write_bytes(storage.read_bytes(uri))
+        colorizer = models.load(local)
+        colorizer.card["metrics"] = None  # no held-out photos: the folds' figures stand for it
+        colorizer.card["crossval"] = {k: result[k] for k in ("folds", "clean", "old_print")}
+        models.save(colorizer, local)
+        storage.put_file(local, uri)
+        storage.put_file(local.with_suffix(".json"), storage.join(out, "model.json"))
+    return uri

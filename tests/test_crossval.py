@@ -95,7 +95,7 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local):
     out = tmp_path / "cv"
     argv = ["crossval", str(src), str(out), "--folds", "2", "--arch", "small", "--steps", "2",
             "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2",
-            "--degrade", "0.5"]  # fmt: skip
+            "--degrade", "0.5", "--final"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_code:
         cli.main(argv)
     assert exit_code.value.code == 0
@@ -116,8 +116,13 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local):
         assert clean["metrics"]["psnr"]["gray"] != old["metrics"]["psnr"]["gray"]
         evaluated += clean["images"]
     assert evaluated == 12  # the two folds together score every photo once
+    # the model to ship: the recipe on every photo, its card carrying the folds' figures
+    final = json.loads((out / "final" / "model.json").read_text())
+    assert final["training"]["images"] == 12 and final["metrics"] is None
+    assert final["training"]["hyperparameters"]["val_fraction"] == 0.0
+    assert final["crossval"]["clean"] == result["clean"] and final["crossval"]["folds"] == 2
     # a re-run finds both folds evaluated: nothing is trained again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold-*/model.safetensors")}
     with pytest.raises(SystemExit):
-        cli.main(argv)
+        cli.main(argv[:-1])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
