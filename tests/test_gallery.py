@@ -180,7 +180,7 @@ def test_write_gallery_views_pages_and_counts(handmade) -> None:
     name, (meta,) = _call(dest / "gallery" / "data" / "meta.js")
     assert name == "galleryMeta"
     assert (meta["images"], meta["ok"], meta["errors"]) == (255, summary["ok"], len(errors))
-    assert meta["model"] == "m@1" and meta["shards"] == 2
+    assert meta["model"] == "m@1 (255 images, 2 shards)" and meta["shards"] == 2  # one model
     assert meta["views"]["input-all"] == {"items": 255, "pages": 2}
     assert meta["views"]["input-errors"] == {"items": len(errors), "pages": 1}
 
