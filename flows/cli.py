@@ -345,9 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         choices=("small", "eccv16", "lite0", "lite0-plain", "lite2", "lite2-plain"),
         # models.nets.ARCHITECTURES (torch-free here)
-        default="lite0",
+        default="lite2-plain",
         help="network: lite0/lite2 (an ImageNet EfficientNet-Lite encoder under the context "
-        "decoder; -plain: the plain decoder), small or eccv16 (from scratch) (default lite0)",
+        "decoder; -plain: the plain decoder), small or eccv16 (from scratch) (default "
+        "lite2-plain, the shipped default's)",
     )
     recipe.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     recipe.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
@@ -376,16 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--trainable-stages",
         type=int,
         default=0,
-        help="lite0: top encoder stages (of 7, +1 for the stem) that train (default 0: frozen)",
+        help="lite*: top encoder stages (of 7, +1 for the stem) that train (default 0: frozen)",
     )
     recipe.add_argument(
-        "--unfreeze-at", type=int, default=0, help="lite0: step from which those stages learn (0)"
+        "--unfreeze-at", type=int, default=0, help="lite*: step from which those stages learn (0)"
     )
     recipe.add_argument(
         "--encoder-lr-scale",
         type=float,
         default=0.1,
-        help="lite0: their learning rate as a fraction of --lr (default 0.1)",
+        help="lite*: their learning rate as a fraction of --lr (default 0.1)",
     )
     recipe.add_argument(
         "--ema-decay",
@@ -396,9 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--degrade",
         type=float,
-        default=0.0,
+        default=0.6,
         help="share of training crops whose L input is degraded as an old print (faded, soft, "
-        "grain, dust, JPEG) at random strengths; the target keeps the clean colours (default 0)",
+        "grain, dust, JPEG) at random strengths; the target keeps the clean colours "
+        "(default 0.6)",
     )
     recipe.add_argument(
         "--stamps",

@@ -165,7 +165,7 @@ def save_model(
 def train_model(
     source: str,
     out: str,
-    arch: str = "lite0",
+    arch: str = "lite2-plain",
     steps: int = 3000,
     batch_size: int = 16,
     lr: float = 1e-3,
@@ -177,7 +177,7 @@ def train_model(
     unfreeze_at: int = 0,
     encoder_lr_scale: float = 0.1,
     ema_decay: float = 0.999,
-    degrade: float = 0.0,
+    degrade: float = 0.6,
     stamps: str = "",
     paste: float = 0.0,
     val_fraction: float = 0.1,

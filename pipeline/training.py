@@ -62,7 +62,7 @@ def split_of(row_id: str, val_fraction: float, fold: int = 0) -> str:
 
 @dataclass
 class TrainConfig:
-    arch: str = "lite0"
+    arch: str = "lite2-plain"
     crop: int = 176  # the released training's crop size
     prepared: int = 256  # square the photos are resized to once; random crops are taken in it
     scale_min: float = 0.3  # random resized crops: least area fraction (1.0: plain crops)
@@ -81,7 +81,7 @@ class TrainConfig:
     unfreeze_at: int = 0  # lite*: the step from which those stages learn
     encoder_lr_scale: float = 0.1  # lite*: their learning rate, relative to --lr
     ema_decay: float = 0.999  # moving average of the weights, shipped instead of the last ones
-    degrade: float = 0.0  # share of crops whose L input is degraded as an old print
+    degrade: float = 0.6  # share of crops whose L input is degraded as an old print
     stamps: str = ""  # folder or s3:// prefix of photographic cut-outs (pipeline/stamps.py)
     paste: float = 0.0  # share of crops that get one of them pasted on
     val_fraction: float = 0.1
