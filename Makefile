@@ -45,6 +45,9 @@ test: lint pytest
 demo: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 $(VENV)/bin/archive-colorize demo
 
+# Quiet the way `make demo` is: no analytics from the ephemeral Prefect server.
+bench: export PREFECT_SERVER_ANALYTICS_ENABLED = false
+bench: export DO_NOT_TRACK = 1
 bench: install
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_archive.py

@@ -82,4 +82,5 @@ def pack_images(
             writer.commit()
             if on_shard is not None:
                 on_shard(uri, len(chunk))
+    storage.clean_staging(dest)  # nothing but the shards is left in DEST
     return outputs

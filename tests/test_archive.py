@@ -265,6 +265,8 @@ def test_pack_command_line(tmp_path):
     assert exit_code.value.code == 0
     table = pq.read_table(sorted(str(p) for p in (tmp_path / "packed").glob("*.parquet")))
     assert sorted(table["id"].to_pylist()) == sorted(files)
+    shards = {p.name for p in (tmp_path / "packed").glob("*.parquet")}
+    assert {p.name for p in (tmp_path / "packed").iterdir()} == shards  # no _tmp left behind
     with pytest.raises(SystemExit) as exit_code:
         cli.main(["pack", str(tmp_path / "missing"), str(tmp_path / "packed2")])
     assert exit_code.value.code == 2
