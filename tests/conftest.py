@@ -68,3 +68,12 @@ def s3_server() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Prefect stops its temporary API server at interpreter exit and logs it, with the
+    "prefect" logger, to a stream pytest has closed by then: logging prints a traceback after a
+    passing run. The session's output is complete here, so that last line is not wanted."""
+    import logging
+
+    logging.getLogger("prefect").disabled = True
