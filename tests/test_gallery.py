@@ -354,6 +354,7 @@ def test_page_pager_and_hostile_error_text(handmade, browser) -> None:
     dest, rows = handmade
     write_gallery(str(dest))
     _open(browser, dest)
+    assert _severe(browser) == []  # its JS (pipeline/gallery_files/gallery.js) parsed and ran
     assert len(_cards(browser)) == PAGE_SIZE
     assert browser.find_element("id", "page-info").text == "page 1 of 2"
     assert not browser.find_element("id", "prev").is_enabled()
