@@ -258,29 +258,51 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
     ray_local,  # noqa: F811
 ):
     src = tiny_archive(tmp_path / "src")
-    full = train_model(str(src), str(tmp_path / "a"), steps=6, workers=2, **TINY)
+    shared = str(tmp_path / "prepared")  # --prepared-data: both runs use it
+    options = {**TINY, "steps": 6, "workers": 2, "val_every": 2, "prepared_data": shared}
+    full = train_model(str(src), str(tmp_path / "a"), **options)
+    assert full["prepared"]["prepared_now"] == 1
     a_dir = tmp_path / "a"
     assert (a_dir / "model.safetensors").is_file() and (a_dir / "loss.png").is_file()
     assert sorted(p.name for p in (a_dir / "checkpoints").iterdir()) == [
-        "step-0000003.pt", "step-0000006.pt"
+        "best.pt", "step-0000003.pt", "step-0000006.pt"
     ]  # fmt: skip
     card = models.read_card(a_dir / "model.safetensors")
     assert card["training"]["steps"] == 6 and card["training"]["images"] > 0
     assert set(card["metrics"]["metrics"]["auc"]) == {"model", "gray"}
     assert full["metrics"] == card["metrics"]["metrics"]
 
-    # a run that "crashed" after its step-3 checkpoint, resumed by re-running the same command
+    # validation at steps 2, 4, 6; the best one is the checkpoint kept and the model shipped
+    a = load_state(str(a_dir / "checkpoints/step-0000006.pt"))
+    curve = a["validation"]
+    assert [p["step"] for p in curve] == [2, 4, 6] and full["validation"] == curve
+    assert {"auc", "auc_rebalanced", "psnr", "ssim"} <= set(curve[0])
+    best = load_state(str(a_dir / "checkpoints/best.pt"))
+    want = max(curve, key=lambda p: p["auc_rebalanced"])
+    assert best["step"] == want["step"] == a["best"]["step"] == card["training"]["best_step"]
+    shipped = models.load(a_dir / "model.safetensors").net.state_dict()
+    for key, value in best["net"].items():
+        torch.testing.assert_close(shipped[key], value, msg=key)
+    assert len(a["data"]) == 2  # each rank's data position
+
+    # a run that "crashed" after its step-3 checkpoint, resumed by re-running the same command;
+    # its step-3 checkpoint's loss history is replaced by sentinels: the resumed history must
+    # start with them (read from the file), and end as the uninterrupted run's
     b_dir = tmp_path / "b"
     (b_dir / "checkpoints").mkdir(parents=True)
-    (b_dir / "checkpoints" / "step-0000003.pt").write_bytes(
-        (a_dir / "checkpoints" / "step-0000003.pt").read_bytes()
-    )
-    train_model(str(src), str(b_dir), steps=6, workers=2, **TINY)
-    a, b = (
-        load_state(str(a_dir / "checkpoints/step-0000006.pt")),
-        load_state(str(b_dir / "checkpoints/step-0000006.pt")),
-    )
-    assert a["history"] == pytest.approx(b["history"], rel=1e-4)
+    step3 = load_state(str(a_dir / "checkpoints/step-0000003.pt"))
+    assert step3["step"] == 3 and len(step3["data"]) == 2 and step3["validation"][0]["step"] == 2
+    step3["history"] = [7.0, 8.0, 9.0]
+    save_state(str(b_dir / "checkpoints" / "step-0000003.pt"), step3)
+    (b_dir / "checkpoints" / "best.pt").write_bytes((a_dir / "checkpoints/best.pt").read_bytes())
+    again = train_model(str(src), str(b_dir), **options)
+    assert again["prepared"] == {**full["prepared"], "prepared_now": 0}  # nothing prepared again
+    b = load_state(str(b_dir / "checkpoints/step-0000006.pt"))
+    assert b["history"][:3] == [7.0, 8.0, 9.0]
+    assert a["history"][3:] == pytest.approx(b["history"][3:], rel=1e-4)
+    assert b["data"] == a["data"] and b["best"]["step"] == a["best"]["step"]
+    for p, q in zip(a["validation"], b["validation"], strict=True):
+        assert p == pytest.approx(q, rel=1e-4)
     for key in a["net"]:
         torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-5)
 
@@ -289,8 +311,8 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
         cli.main(["evaluate", str(src), "--model", str(a_dir / "model.safetensors"),
                   "--out", str(tmp_path / "eval"), "--val-fraction", "0.25"])  # fmt: skip
     assert exit_code.value.code == 0
-    again = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert again["metrics"] == card["metrics"]["metrics"]
+    again_eval = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert again_eval["metrics"] == card["metrics"]["metrics"]
     assert (tmp_path / "eval" / "contact_sheet.png").is_file()
     assert "gray baseline" in (tmp_path / "eval" / "evaluation.md").read_text()
 
@@ -341,12 +363,28 @@ def test_train_flow_on_s3(tmp_path, s3_server, ray_local):  # noqa: F811
     )
     result = train_model(
         f"s3://{bucket}/photos", f"s3://{bucket}/runs/r1", steps=3, workers=2,
+        prepared_data=f"s3://{bucket}/prepared", val_every=1, patience=1,
         s3_endpoint_url=s3_server, **TINY,
     )  # fmt: skip
     assert result["model"] == f"s3://{bucket}/runs/r1/model.safetensors"
-    for key in ("model.safetensors", "model.json", "loss.png", "checkpoints/step-0000003.pt",
-                "evaluation/evaluation.json"):  # fmt: skip
-        assert storage.exists(f"s3://{bucket}/runs/r1/{key}"), key
+    root = result["prepared"]["root"]
+    assert root.startswith(f"s3://{bucket}/prepared/") and result["prepared"]["prepared_now"] == 1
+    for key in ("settings.json", "_done/shard-00000.json", "train/shard-00000.parquet",
+                "val/shard-00000.parquet"):  # fmt: skip
+        assert storage.exists(f"{root}/{key}"), key
+    # validation every step, stopped after one without gain (or all 3 steps improving)
+    scores = [p["auc_rebalanced"] for p in result["validation"]]
+    last = len(scores)
+    assert [p["step"] for p in result["validation"]] == list(range(1, last + 1))
     card = json.loads(storage.read_bytes(f"s3://{bucket}/runs/r1/model.json"))
+    for i in range(1, last - 1):
+        assert scores[i] > max(scores[:i])  # no stop before the last validation
+    missed = last > 1 and scores[-1] <= max(scores[:-1])
+    assert ("stopped_early_at" in card["training"]) == missed
+    assert last == 3 or missed
+    assert card["training"]["best_step"] == int(np.argmax(scores)) + 1
+    for key in ("model.safetensors", "model.json", "loss.png", f"checkpoints/step-{last:07d}.pt",
+                "checkpoints/best.pt", "evaluation/evaluation.json"):  # fmt: skip
+        assert storage.exists(f"s3://{bucket}/runs/r1/{key}"), key
     assert card["training"]["source"] == f"s3://{bucket}/photos"
     storage.configure(None)
