@@ -226,10 +226,18 @@ def test_train_step_decreases_the_loss_on_a_fixed_batch():
     lightness, ab = ab_targets(torch.from_numpy(np.stack(crops)))
     optimizer = make_optimizer(colorizer.net, config)
     weights = torch.ones(colorizer.num_bins)
+    # on a CPU the step computes the paper's loss in fp32 exactly as before the GPU path
+    # (autocast, channels-last, non-blocking copies apply on CUDA only)
+    from models.targets import rebalanced_cross_entropy
+
+    with torch.no_grad():
+        x = (lightness - colorizer.l_center) / colorizer.l_scale
+        want = rebalanced_cross_entropy(colorizer.net(x), ab, colorizer.centers, weights)
     losses = [
         train_step(colorizer.net, colorizer, optimizer, lightness, ab, weights, config)
         for _ in range(25)
     ]
+    assert losses[0] == float(want)
     assert losses[-1] < 0.8 * losses[0]
 
 
