@@ -389,7 +389,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state = load_state(latest)
         colorizer.net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
-        ema = state.get("ema") or ema
+        ema = {k: v.to(device) for k, v in (state.get("ema") or ema).items()}
         run = RunState.from_checkpoint(state)
         if run.positions is not None:
             if len(run.positions) != world:
