@@ -164,6 +164,7 @@ def save_model(
                 **colorizer.card.get("training", {}),
                 "source": source,
                 "images": data["images"],
+                "prepared_data": data["prepared"].digest,  # the preparation settings' hash
                 "hyperparameters": asdict(config),
                 "seconds": round(seconds, 1),
                 "code_version": code_version(),
