@@ -52,6 +52,7 @@ bench: install
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_archive.py
 	$(PY) bench/bench_ceiling.py
+	$(PY) bench/bench_training_data.py
 
 # More training colours: the photographic cut-outs of Debian's tuxpaint-stamps-default (GPL-2),
 # downloaded (not installed) and selected by the rule in pipeline/stamps.py.

@@ -98,6 +98,7 @@ RECIPE_OPTIONS = (
     "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
     "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "degrade", "stamps",
     "paste", "workers", "checkpoint_every", "soft_k", "seed", "image_column", "id_column",
+    "prepared_data", "val_every", "val_max_photos", "patience", "loader_threads",
 )  # fmt: skip
 
 
@@ -416,6 +417,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
     )
     recipe.add_argument("--soft-k", type=int, default=5, help="soft-encoding neighbours (5)")
+    recipe.add_argument(
+        "--prepared-data",
+        default=None,
+        help="where the prepared squares and the prior's counts are kept, local or s3:// "
+        "(default OUT/prepared); runs on the same corpus with the same preparation settings "
+        "share them (a subfolder per settings hash) and decode no photo again",
+    )
+    recipe.add_argument(
+        "--val-every",
+        type=int,
+        default=0,
+        help="score the shipped weights on the validation split every N steps and ship the "
+        "best checkpoint (default 0: off)",
+    )
+    recipe.add_argument(
+        "--val-max-photos",
+        type=int,
+        default=64,
+        help="validation photos scored each time (the first N of the split; default 64)",
+    )
+    recipe.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="stop after N validations without gain (default 0: never)",
+    )
+    recipe.add_argument(
+        "--loader-threads",
+        type=int,
+        default=1,
+        help="threads per worker decoding and cropping ahead of the step (default 1)",
+    )
     recipe.add_argument("--seed", type=int, default=0, help="crops, flips and init (default 0)")
 
     train = sub.add_parser(

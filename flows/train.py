@@ -1,9 +1,11 @@
 """Prefect flow: train a colorization model with the paper's method on Ray Train.
 
-The flow lists shards, runs the prior pass (Ray Data), the training (Ray Train workers),
-then saves the model with its card, evaluates it against the gray baseline on the validation
-split, and records those figures in the card. Re-running with the same OUT resumes from the
-latest checkpoint there.
+The flow lists shards, prepares them once into committed Parquet shards with the prior's bin
+counts (Ray tasks; reused by any later run with the same corpus and preparation settings),
+runs the training (Ray Train workers streaming the prepared shards, validating every
+`val_every` steps), then saves the model with its card, evaluates it against the gray
+baseline on the validation split, and records those figures in the card. Re-running with the
+same OUT resumes from the latest checkpoint there.
 """
 
 from __future__ import annotations
@@ -35,16 +37,19 @@ from pipeline import report, storage
 from pipeline.artifact import artifact_from_files
 from pipeline.evaluate import evaluation_markdown
 from pipeline.pack import pack_images
+from pipeline.prepared import prepare
 from pipeline.runner import ensure_ray
 from pipeline.shards import SourceError, parquet_schema
 from pipeline.training import (
     PROGRESS,
+    SELECT,
     TrainConfig,
-    empirical_prior,
     final_colorizer,
     fit,
     loss_history,
-    read_split,
+    prepare_settings,
+    prior_of,
+    validation_curve,
 )
 
 
@@ -83,13 +88,28 @@ def training_shards(source: str, out: str, config: TrainConfig) -> tuple[str, li
 
 
 @task(cache_policy=NO_CACHE)
-def compute_prior(uris: list[str], config: TrainConfig) -> dict[str, Any]:
-    train_ds = read_split(uris, config, "train").materialize()
-    counts, prior, images = empirical_prior(train_ds, config)
+def prepare_data(
+    archive: str, uris: list[str], out: str, config: TrainConfig, prepared_data: str | None,
+    s3_endpoint_url: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The prepared squares and the prior's counts: made once under BASE/<settings digest>
+    (BASE: --prepared-data, else OUT/prepared), reused when already committed there."""
+    base = prepared_data or storage.join(out, "prepared")
+    prepared = prepare(archive, uris, base, prepare_settings(config), s3_endpoint_url)
+    images = prepared.images["train"]
     if images == 0:
         raise ConfigError("no colour photos in the training split: training needs colour images")
-    get_run_logger().info("prior over %d training photos, %d bins", images, prior.shape[0])
-    return {"dataset": train_ds, "prior": prior, "counts": counts, "images": images}
+    if config.val_every and prepared.images["val"] == 0:
+        raise ConfigError("--val-every: no colour photos in the validation split")
+    prior = prior_of(prepared.counts, config)
+    get_run_logger().info(
+        "prepared data %s: %d shards (%d prepared now, %d reused), %d training and %d "
+        "validation photos, skipped %s; prior over %d bins",
+        prepared.root, prepared.shards, prepared.prepared_now,
+        prepared.shards - prepared.prepared_now, images, prepared.images["val"],
+        prepared.skipped, prior.shape[0],
+    )  # fmt: skip
+    return {"prepared": prepared, "prior": prior, "counts": prepared.counts, "images": images}
 
 
 @task(cache_policy=NO_CACHE)
@@ -122,7 +142,7 @@ def run_training(
     watcher.start()
     try:
         with tempfile.TemporaryDirectory(prefix="ray-train-") as scratch:
-            fit(data["dataset"], out, config, data["prior"], s3_endpoint_url, scratch)
+            fit(data["prepared"], out, config, data["prior"], s3_endpoint_url, scratch)
     finally:
         stop.set()
         watcher.join()
@@ -144,6 +164,7 @@ def save_model(
                 **colorizer.card.get("training", {}),
                 "source": source,
                 "images": data["images"],
+                "prepared_data": data["prepared"].digest,  # the preparation settings' hash
                 "hyperparameters": asdict(config),
                 "seconds": round(seconds, 1),
                 "code_version": code_version(),
@@ -157,7 +178,10 @@ def save_model(
         local = models.save(colorizer, Path(tmp) / "model.safetensors")
         storage.put_file(local, uri)
         storage.put_file(local.with_suffix(".json"), storage.join(out, "model.json"))
-    storage.write_bytes(storage.join(out, "loss.png"), report.loss_curve(loss_history(out)))
+    curve = [(int(p["step"]), p[SELECT]) for p in validation_curve(out) if SELECT in p]
+    storage.write_bytes(
+        storage.join(out, "loss.png"), report.loss_curve(loss_history(out), curve, SELECT)
+    )
     return uri
 
 
@@ -184,6 +208,11 @@ def train_model(
     fold: int = 0,
     workers: int = 1,
     checkpoint_every: int = 200,
+    prepared_data: str | None = None,
+    val_every: int = 0,
+    val_max_photos: int = 64,
+    patience: int = 0,
+    loader_threads: int = 1,
     soft_k: int = 5,
     seed: int = 0,
     image_column: str = "image",
@@ -194,7 +223,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train ARCH on the colour photos of SOURCE (Parquet archive or image folder, local or
     s3://) into OUT (local or s3://): checkpoints, model.safetensors with its card, loss.png,
-    and the validation evaluation against the gray baseline."""
+    and the validation evaluation against the gray baseline. The prepared data goes under
+    PREPARED_DATA (local or s3://, shared by runs) or OUT/prepared."""
     config = TrainConfig(
         arch=arch, steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
         crop=crop, prepared=prepared or max(crop, round(crop * 16 / 11 / 8) * 8),
@@ -203,6 +233,8 @@ def train_model(
         stamps=stamps, paste=paste,
         val_fraction=val_fraction, fold=fold,
         workers=workers, checkpoint_every=checkpoint_every, soft_k=soft_k, seed=seed,
+        val_every=val_every, val_max_photos=val_max_photos, patience=patience,
+        loader_threads=loader_threads,
         image_column=image_column, id_column=id_column,
     )  # fmt: skip
     try:
@@ -213,7 +245,7 @@ def train_model(
     ensure_ray(ray_address)
     config.threads_per_worker = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
     archive, uris = training_shards(source, out, config)
-    data = compute_prior(uris, config)
+    data = prepare_data(archive, uris, out, config, prepared_data, s3_endpoint_url)
     seconds = run_training(data, out, config, s3_endpoint_url, show_progress)
     model_uri = save_model(out, config, data, source, seconds, None)
     evaluation = evaluate_model(
@@ -224,14 +256,25 @@ def train_model(
     )  # fmt: skip
     card_metrics = {k: v for k, v in evaluation.items() if k != "samples"}
     model_uri = save_model(out, config, data, source, seconds, card_metrics)
+    prep = data["prepared"]
+    curve = validation_curve(out)
     summary = {
         "model": model_uri,
         "train_images": data["images"],
         "seconds": seconds,
+        "prepared": {"root": prep.root, "shards": prep.shards,
+                     "prepared_now": prep.prepared_now, "skipped": prep.skipped},
+        "validation": curve,
         **card_metrics,
-    }
+    }  # fmt: skip
     markdown = evaluation_markdown(card_metrics, model_uri, archive, "val")
     markdown += "\n## Training loss\n\n![loss](loss.png)\n"
+    if curve:
+        best = max(curve, key=lambda p: p.get(SELECT, float("-inf")))
+        markdown += (
+            f"\nValidation every {val_every} steps on {val_max_photos} photos at most: best "
+            f"{SELECT} {best[SELECT]:.4f} at step {int(best['step'])} (the model shipped).\n"
+        )
     figures = {"contact_sheet.png": storage.join(out, "evaluation", "contact_sheet.png"),
                "loss.png": storage.join(out, "loss.png")}  # fmt: skip
     links = {"model": model_uri, "model card": storage.join(out, "model.json"),
@@ -242,4 +285,6 @@ def train_model(
     create_table_artifact(
         table=[{"metric": k, **v} for k, v in card_metrics["metrics"].items()], key="train-metrics"
     )
+    if curve:
+        create_table_artifact(table=curve, key="train-validation")
     return summary

@@ -495,14 +495,22 @@ def sample_strip(pairs: list[Image.Image]) -> bytes:
     return buf.getvalue()
 
 
-def loss_curve(history: list[float], width: int = 720, height: int = 360) -> bytes:
-    """Training loss per step (light) and its running mean over 50 steps (dark), as a PNG."""
+def loss_curve(
+    history: list[float],
+    validation: list[tuple[int, float]] | None = None,
+    metric: str = "validation",
+    width: int = 720,
+    height: int = 360,
+) -> bytes:
+    """Training loss per step (light) and its running mean over 50 steps (dark), as a PNG;
+    with `validation` [(step, score)], the validation curve on its own scale (right axis,
+    orange), the best point ringed."""
     if not history:
         return _message_png("no training steps")
     img = Image.new("RGB", (width, height), _WHITE)
     draw = ImageDraw.Draw(img)
     font = _font()
-    left, right, top, bottom = 60, width - 20, 30, height - 40
+    left, right, top, bottom = 60, width - (60 if validation else 20), 30, height - 40
     values = np.asarray(history, dtype=np.float64)
     window = min(50, len(values))
     smooth = np.convolve(values, np.ones(window) / window, mode="valid")
@@ -523,4 +531,26 @@ def loss_curve(history: list[float], width: int = 720, height: int = 360) -> byt
     draw.text((left - 6, bottom), f"{lo:.3g}", fill=_GRAY, font=font, anchor="rd")
     draw.text((left, bottom + 6), "0", fill=_GRAY, font=font)
     draw.text((right, bottom + 6), str(len(values)), fill=_GRAY, font=font, anchor="ra")
+    if validation:
+        steps = [s for s, _ in validation]
+        scores = np.asarray([v for _, v in validation], dtype=np.float64)
+        v_lo, v_hi = float(scores.min()), float(scores.max())
+        v_hi = v_hi if v_hi > v_lo else v_lo + 1e-3
+
+        def vxy(step: int, v: float) -> tuple[float, float]:
+            x = left + (right - left) * (step - 1) / max(1, len(values) - 1)
+            return x, bottom - (bottom - top) * (v - v_lo) / (v_hi - v_lo)
+
+        points = [vxy(s, v) for s, v in zip(steps, scores, strict=True)]
+        orange = (230, 120, 20)
+        if len(points) > 1:
+            draw.line(points, fill=orange, width=2)
+        for x, y in points:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=orange)
+        bx, by = points[int(np.argmax(scores))]
+        draw.ellipse((bx - 6, by - 6, bx + 6, by + 6), outline=_BLACK, width=2)
+        draw.text((right, 8), f"validation {metric} (best ringed)", fill=orange, font=font,
+                  anchor="ra")  # fmt: skip
+        draw.text((right + 2, top), f"{v_hi:.3g}", fill=orange, font=font, anchor="la")
+        draw.text((right + 2, bottom), f"{v_lo:.3g}", fill=orange, font=font, anchor="ld")
     return _png(img)

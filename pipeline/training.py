@@ -1,63 +1,69 @@
-"""Training data and the Ray Train loop (the paper's method: soft-encoded targets, class
-rebalancing, Adam with betas 0.9/0.99 and weight decay 1e-3).
+"""The Ray Train loop (the paper's method: soft-encoded targets, class rebalancing, Adam with
+betas 0.9/0.99 and weight decay 1e-3), its checkpoints and the model it ships.
 
-Data path: Ray Data reads the Parquet shards, keeps the split, decodes and resizes each colour
-photo to a `prepared` square (Ray tasks, once); a second pass counts ab bins for the prior.
-Each training worker then draws its own random crops and flips, converts to Lab and
-soft-encodes on the fly, with random numbers derived from (seed, step, rank): a run resumed
-from a checkpoint at step s sees exactly the batches an uninterrupted run would have.
+Data path: `pipeline.prepared` prepares the corpus once into committed Parquet shards (Ray
+tasks) with the prior's bin counts; `pipeline.stream` streams them to each worker (a
+deterministic permutation of blocks per epoch, split among the ranks, a bounded shuffle window,
+crops seeded by each photo's position), decoding, cropping and converting to Lab in a
+background thread ahead of the step. The checkpoint holds every rank's data position, so a run
+resumed from a checkpoint at step s sees exactly the batches an uninterrupted run would have.
+
+Every `val_every` steps rank 0 scores the shipped weights on the first `val_max_photos`
+prepared validation photos (`pipeline.validation`, the metrics of `evaluate`); the best of
+those checkpoints (`checkpoints/best.pt`) is the model the run ships, and `patience`
+evaluations without gain stop the run early.
 
 A `lite*` net starts from ImageNet: its encoder is frozen except for the top
 `trainable_stages`, which learn at `encoder_lr_scale` times the rate from step `unfreeze_at`
 on (their BatchNorm keeps its ImageNet statistics; see models/nets.py). An exponential moving
 average of the weights (`ema_decay`) is what the run ships.
+
+On CUDA the step runs the network under bf16 autocast in channels-last layout (the loss in
+fp32: soft-encoding on the device), fed by pinned, non-blocking copies; a CPU runs fp32 as
+before.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 import models
 from models.bins import gamut_bin_centers
 from models.imagenet import imagenet_state
 from models.nets import ARCHITECTURES, LiteColorNet
-from models.targets import (
-    bin_histogram,
-    rebalance_weights,
-    rebalanced_cross_entropy,
-    smoothed_prior,
-)
+from models.targets import rebalance_weights, rebalanced_cross_entropy, smoothed_prior
 from pipeline import storage
-from pipeline.color import rgb_to_lab
-from pipeline.degrade import degrade_lightness, random_old_print
-from pipeline.images import decode_image
-from pipeline.shards import image_bytes_column
-from pipeline.stamps import decode_stamp, paste_stamp
+from pipeline.prepared import (
+    Block,
+    Prepared,
+    PrepareSettings,
+    ab_targets,
+    prepare_photo_why,
+    split_of,
+)
+from pipeline.stamps import decode_stamp
+from pipeline.stream import (
+    Loader,
+    Position,
+    degraded_input,
+    make_crop,
+    random_crop,
+)
+from pipeline.validation import SELECT, score, validation_photos
+
+__all__ = ["ab_targets", "degraded_input", "make_crop", "random_crop", "split_of"]
 
 CHECKPOINTS = "checkpoints"
 PROGRESS = "progress.json"
-
-
-def split_of(row_id: str, val_fraction: float, fold: int = 0) -> str:
-    """The split of a row, from a hash of its id: stable across runs, machines and shardings.
-
-    Fold f holds out the ids hashed into [f * val_fraction, (f + 1) * val_fraction): with
-    val_fraction 1/k, folds 0..k-1 partition the corpus (k-fold cross-validation)."""
-    h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big") / 2.0**64
-    return "val" if fold * val_fraction <= h < (fold + 1) * val_fraction else "train"
+BEST = "best.pt"  # the best validated weights: what a run with --val-every ships
 
 
 @dataclass
@@ -89,6 +95,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
+    val_every: int = 0  # steps between validations of the shipped weights (0: none)
+    val_max_photos: int = 64  # validation photos scored each time (the first ones, fixed)
+    patience: int = 0  # stop after this many validations without gain (0: never)
+    shuffle_blocks: int = 8  # blocks of 32 photos per rank shuffled together (the buffer)
+    loader_threads: int = 1  # threads decoding and cropping ahead of the step
     workers: int = 1
     threads_per_worker: int = 1
     image_column: str = "image"
@@ -125,6 +136,16 @@ class TrainConfig:
             raise ValueError("--paste needs --stamps DIR (make stamp-corpus builds one)")
         if not 0 <= self.degrade <= 1:
             raise ValueError(f"--degrade must be in [0, 1], got {self.degrade}")
+        for name in ("val_every", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        for name in ("val_max_photos", "shuffle_blocks", "loader_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.val_every and not self.val_fraction:
+            raise ValueError("--val-every needs a validation split (--val-fraction > 0)")
+        if self.patience and not self.val_every:
+            raise ValueError("--patience needs --val-every N")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check_fold(self.fold, self.val_fraction)
@@ -139,82 +160,22 @@ def check_fold(fold: int, val_fraction: float) -> None:
         )
 
 
-# -- data (Ray Data) -----------------------------------------------------------------------
+# -- data ----------------------------------------------------------------------------------
 def prepare_photo(data: bytes, size: int) -> np.ndarray | None:
     """Encoded photo -> (size, size, 3) uint8 (short side resized, centre square); None for a
     gray or unreadable image (no colour to learn from)."""
-    try:
-        decoded = decode_image(data)
-    except Exception:  # one unreadable photo is skipped, never the whole preparation task
-        return None
-    if decoded.rgb is None:
-        return None
-    img = Image.fromarray(np.round(decoded.rgb * 255).astype(np.uint8))
-    scale = size / min(img.size)
-    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    return prepare_photo_why(data, size)[0]
 
 
-def prepare_batch(batch: pa.Table, config: TrainConfig, split: str) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: raw Parquet rows -> prepared colour squares of one split."""
-    ids = [str(v) for v in batch.column(config.id_column).to_pylist()]
-    blobs = image_bytes_column(batch.column(config.image_column))
-    keep_ids, photos = [], []
-    for row_id, blob in zip(ids, blobs, strict=True):
-        if split_of(row_id, config.val_fraction, config.fold) != split or not blob:
-            continue
-        photo = prepare_photo(blob, config.prepared)
-        if photo is not None:
-            keep_ids.append(row_id)
-            photos.append(photo)
-    size = config.prepared
-    return {
-        "id": np.array(keep_ids, dtype=object),
-        "rgb": np.stack(photos) if photos else np.zeros((0, size, size, 3), np.uint8),
-    }
+def prepare_settings(config: TrainConfig) -> PrepareSettings:
+    """What the prepared data depends on (with the source shards' identity)."""
+    return PrepareSettings(config.prepared, config.val_fraction, config.fold,
+                           config.id_column, config.image_column)  # fmt: skip
 
 
-def read_split(shard_uris: list[str], config: TrainConfig, split: str) -> Any:
-    """A Ray Dataset of prepared photos of `split` ("train" or "val")."""
-    import ray.data
-
-    fs, _ = storage.arrow_fs(shard_uris[0])
-    paths = [storage.arrow_fs(u)[1] for u in shard_uris]
-    ds = ray.data.read_parquet(
-        paths, filesystem=fs, columns=[config.id_column, config.image_column]
-    )
-    return ds.map_batches(
-        partial(prepare_batch, config=config, split=split), batch_format="pyarrow", batch_size=16
-    )
-
-
-def ab_targets(rgb_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, S, S, 3) uint8 -> L (N, 1, S, S) and ab at the output resolution (N, 2, S/4, S/4)."""
-    lab = rgb_to_lab(rgb_uint8.permute(0, 3, 1, 2).float() / 255.0)
-    return lab[:, :1], F.avg_pool2d(lab[:, 1:], 4)
-
-
-def count_bins(batch: dict[str, np.ndarray], centers: torch.Tensor) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: bin counts of the photos' ab at the output resolution."""
-    if len(batch["rgb"]) == 0:
-        return {"counts": np.zeros((0, centers.shape[0]))}
-    _, ab = ab_targets(torch.from_numpy(np.asarray(batch["rgb"])))
-    return {"counts": bin_histogram(ab, centers).numpy()[None]}
-
-
-def empirical_prior(ds: Any, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(counts, smoothed prior, images) over the prepared training split (a distributed pass)."""
-    centers = gamut_bin_centers()
-    per_batch = ds.map_batches(
-        partial(count_bins, centers=centers), batch_format="numpy"
-    ).take_all()
-    counts = torch.zeros(centers.shape[0], dtype=torch.float64)
-    for row in per_batch:
-        counts += torch.from_numpy(np.array(row["counts"]))  # a writable copy
-    images = int(ds.count())
-    return counts, smoothed_prior(counts, centers, config.prior_sigma), images
+def prior_of(counts: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """The smoothed empirical prior p~ from the training split's bin counts."""
+    return smoothed_prior(counts, gamut_bin_centers(), config.prior_sigma)
 
 
 # -- checkpoints -----------------------------------------------------------------------------
@@ -223,8 +184,13 @@ def checkpoint_uri(out: str, step: int) -> str:
 
 
 def latest_checkpoint(out: str) -> str | None:
-    uris = [u for u in storage.list_files(storage.join(out, CHECKPOINTS)) if u.endswith(".pt")]
+    uris = [u for u in storage.list_files(storage.join(out, CHECKPOINTS))
+            if u.rsplit("/", 1)[-1].startswith("step-") and u.endswith(".pt")]  # fmt: skip
     return max(uris, default=None)
+
+
+def best_uri(out: str) -> str:
+    return storage.join(out, CHECKPOINTS, BEST)
 
 
 def load_state(uri: str) -> dict[str, Any]:
@@ -257,82 +223,35 @@ def load_stamps(uri: str) -> list[np.ndarray]:
     return [decode_stamp(storage.read_bytes(u)) for u in uris]
 
 
-def sample_batch(
-    photos: np.ndarray,
-    config: TrainConfig,
-    step: int,
-    rank: int,
-    stamps: list[np.ndarray] | None = None,
-) -> torch.Tensor:
-    """This rank's batch for `step`: deterministic in (seed, step, rank); random crops, flips,
-    and with `stamps`, a `config.paste` share of the crops with a stamp pasted on."""
-    n = len(photos)
-    per_epoch = max(1, n // config.batch_size)
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([config.seed, epoch, rank]).permutation(n)
-    take = order[(np.arange(config.batch_size) + position * config.batch_size) % n]
-    rng = np.random.default_rng([config.seed, step, rank, 1])
-    crops = [random_crop(photos[i], config, rng) for i in take]
-    if stamps and config.paste:
-        crops = [paste_stamp(c, stamps[rng.integers(len(stamps))], rng)
-                 if rng.random() < config.paste else c for c in crops]  # fmt: skip
-    return torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
-
-
 def step_seed(config: TrainConfig, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([config.seed, step, rank, 2]).generate_state(1)[0])
-
-
-def random_crop(photo: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """A random crop of a prepared square, flipped half the time. With `scale_min` < 1, a
-    random resized crop: area fraction in [scale_min, 1], aspect ratio in [3/4, 4/3], resized
-    to `crop` (objects at several scales; inference squashes whole photos to a square)."""
-    size, out = config.prepared, config.crop
-    if config.scale_min < 1:
-        area = rng.uniform(config.scale_min, 1.0) * size * size
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        w = min(size, max(8, round(math.sqrt(area * aspect))))
-        h = min(size, max(8, round(math.sqrt(area / aspect))))
-    else:
-        w = h = out
-    y, x = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-    crop = photo[y : y + h, x : x + w]
-    if (h, w) != (out, out):
-        image = Image.fromarray(crop)
-        crop = np.asarray(image.resize((out, out), Image.Resampling.BILINEAR, reducing_gap=2.0))
-    return crop[:, ::-1] if rng.random() < 0.5 else crop
-
-
-def degraded_input(
-    lightness: torch.Tensor, config: TrainConfig, step: int, rank: int
-) -> torch.Tensor:
-    """L (N, 1, S, S) with a `config.degrade` share of its images turned into old prints at
-    random strengths (deterministic in (seed, step, rank)); the target keeps the clean ab."""
-    if config.degrade <= 0:
-        return lightness
-    rng = np.random.default_rng([config.seed, step, rank, 3])
-    out = lightness.detach().cpu().numpy().copy()
-    for i in range(len(out)):
-        if rng.random() < config.degrade:
-            out[i, 0] = degrade_lightness(out[i, 0], random_old_print(rng), rng)
-    return torch.from_numpy(out).to(lightness.device)
 
 
 def train_step(
     net: torch.nn.Module,
     colorizer: models.Colorizer,
     optimizer: torch.optim.Optimizer,
-    rgb: torch.Tensor,
+    lightness: torch.Tensor,
+    ab: torch.Tensor,
     weights: torch.Tensor,
     config: TrainConfig,
-    step: int = 0,
-    rank: int = 0,
 ) -> float:
-    lightness, ab = ab_targets(rgb.to(colorizer.device))
-    lightness = degraded_input(lightness, config, step, rank)
-    logits = net((lightness - colorizer.l_center) / colorizer.l_scale)
+    """One optimizer step on a batch's L (the input, degraded where asked) and target ab.
+
+    On CUDA: non-blocking copies (from pinned memory), channels-last input, the network under
+    bf16 autocast; the loss (soft-encoding, rebalancing) in fp32 on the device. On a CPU the
+    same fp32 computation as ever."""
+    device = colorizer.device
+    cuda = device.type == "cuda"
+    lightness = lightness.to(device, non_blocking=cuda)
+    ab = ab.to(device, non_blocking=cuda)
+    x = (lightness - colorizer.l_center) / colorizer.l_scale
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        logits = net(x)
     loss = rebalanced_cross_entropy(
-        logits, ab, colorizer.centers, weights, k=config.soft_k, sigma=config.soft_sigma
+        logits.float(), ab, colorizer.centers, weights, k=config.soft_k, sigma=config.soft_sigma
     )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -381,8 +300,64 @@ def update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float,
                 ema[name].copy_(value)
 
 
+@dataclass
+class RunState:
+    """What a checkpoint holds besides the weights: the step, the loss history, every rank's
+    data position, the validation curve and the best validation so far."""
+
+    step: int = 0
+    history: list[float] = field(default_factory=list)
+    positions: list[dict[str, int]] | None = None
+    validation: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None
+    bad: int = 0  # validations since the last gain
+    stopped: bool = False  # stopped early: a re-run does not train further
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
+        return cls(int(state["step"]), list(state["history"]), state.get("data"),
+                   list(state.get("validation") or []), state.get("best"),
+                   int(state.get("bad", 0)), bool(state.get("stopped", False)))  # fmt: skip
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"step": self.step, "history": self.history, "data": self.positions,
+                "validation": self.validation, "best": self.best, "bad": self.bad,
+                "stopped": self.stopped}  # fmt: skip
+
+
+def shipped_weights(
+    net: torch.nn.Module, ema: dict[str, torch.Tensor], config: TrainConfig
+) -> dict[str, torch.Tensor]:
+    return ema if config.ema_decay else net.state_dict()
+
+
+def validate(
+    weights: dict[str, torch.Tensor], config: TrainConfig, prior: torch.Tensor, photos: list[bytes]
+) -> dict[str, float]:
+    """The shipped weights, as a model on the CPU, scored on the validation photos."""
+    model = models.build(config.arch, prior=prior)
+    model.net.load_state_dict({k: v.detach().cpu() for k, v in weights.items()})
+    return score(model.eval(), photos)
+
+
+def _all_ranks(value: Any, world: int, *, gather: bool) -> Any:
+    """Rank 0's value on every rank (broadcast), or every rank's values (all-gather)."""
+    if world == 1:
+        return [value] if gather else value
+    import torch.distributed as dist
+
+    if gather:
+        out: list[Any] = [None] * world
+        dist.all_gather_object(out, value)
+        return out
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point (TorchTrainer, DDP). Rank 0 writes checkpoints and progress."""
+    """Ray Train entry point (TorchTrainer, DDP). Rank 0 validates and writes checkpoints and
+    progress; every rank streams its own share of the prepared data."""
     import ray.train
     import ray.train.torch
 
@@ -392,12 +367,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(config.threads_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-
-    # Every worker reads the whole prepared split, sorted by id, and keeps its rank's rows:
-    # the assignment is the same on every run (a streaming split is not).
-    rows = list(ray.train.get_dataset_shard("train").iter_rows())
-    rows.sort(key=lambda r: r["id"])
-    photos = np.stack([r["rgb"] for r in rows[rank::world]])
+    blocks = [Block(**b) for b in loop_config["train_blocks"]]
     stamps = load_stamps(config.stamps) if config.paste else None
 
     torch.manual_seed(config.seed)
@@ -405,56 +375,116 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     colorizer = models.build(config.arch, prior=prior)
     init_net(colorizer, config)
     device = ray.train.torch.get_device()
+    cuda = device.type == "cuda"
     colorizer.to(device)
+    if cuda:
+        colorizer.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = make_optimizer(colorizer.net, config)
     net = ray.train.torch.prepare_model(colorizer.net)
     weights = rebalance_weights(colorizer.prior, config.rebalance_lambda)
     ema = {k: v.detach().clone() for k, v in colorizer.net.state_dict().items()}
-    start, history = 0, []
+    run, position = RunState(), Position()
     latest = latest_checkpoint(out)
     if latest is not None:
         state = load_state(latest)
         colorizer.net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
-        start, history = int(state["step"]), list(state["history"])
-        ema = state.get("ema") or ema
+        ema = {k: v.to(device) for k, v in (state.get("ema") or ema).items()}
+        run = RunState.from_checkpoint(state)
+        if run.positions is not None:
+            if len(run.positions) != world:
+                raise ValueError(
+                    f"{latest} was written by {len(run.positions)} workers: resume with "
+                    f"--workers {len(run.positions)}"
+                )
+            position = Position.from_dict(run.positions[rank])
+    if run.stopped:
+        return
+    photos = (
+        validation_photos([Block(**b) for b in loop_config["val_blocks"]], config.val_max_photos)
+        if rank == 0 and config.val_every
+        else []
+    )
+    loader = Loader(blocks, config, rank, world, run.step, position, stamps, pin=cuda)
     net.train()
     t0 = time.perf_counter()
-    for step in range(start, config.steps):
-        set_learning_rates(optimizer, config, step)
-        torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
-        batch = sample_batch(photos, config, step, rank, stamps)
-        loss = train_step(net, colorizer, optimizer, batch, weights, config, step, rank)
-        if config.ema_decay:
-            update_ema(ema, colorizer.net, config.ema_decay, step)
-        history.append(loss)
-        done = step + 1
-        if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_state(
-                checkpoint_uri(out, done),
-                {"net": colorizer.net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": done, "history": history, "ema": ema if config.ema_decay else None},
-            )  # fmt: skip
-        if done % config.log_every == 0 or done == config.steps:
-            recent = history[-config.log_every :]
-            metrics = {
-                "step": done,
-                "loss": sum(recent) / len(recent),
-                "lr": learning_rate(config, step),
-            }
-            if rank == 0:
-                rate = (done - start) * config.batch_size * world / (time.perf_counter() - t0)
-                progress = {**metrics, "steps": config.steps, "images_per_second": rate}
-                storage.write_bytes(storage.join(out, PROGRESS), json.dumps(progress).encode())
-            ray.train.report(metrics)
+    start = run.step
+    try:
+        for step in range(start, config.steps):
+            set_learning_rates(optimizer, config, step)
+            torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
+            batch = loader.next()
+            loss = train_step(net, colorizer, optimizer, batch.lightness, batch.ab, weights, config)
+            if config.ema_decay:
+                update_ema(ema, colorizer.net, config.ema_decay, step)
+            run.history.append(loss)
+            run.step = done = step + 1
+            stop = False
+            if config.val_every and (done % config.val_every == 0 or done == config.steps):
+                if rank == 0:
+                    shipped = shipped_weights(colorizer.net, ema, config)
+                    stop = _validation_point(run, out, config, prior, photos, shipped)
+                stop = bool(_all_ranks(stop, world, gather=False))
+                run.stopped = stop
+            if done % config.checkpoint_every == 0 or done == config.steps or stop:
+                run.positions = _all_ranks(batch.position.as_dict(), world, gather=True)
+                if rank == 0:
+                    save_state(
+                        checkpoint_uri(out, done),
+                        {"net": colorizer.net.state_dict(), "optimizer": optimizer.state_dict(),
+                         "ema": ema if config.ema_decay else None, **run.checkpoint()},
+                    )  # fmt: skip
+            if done % config.log_every == 0 or done == config.steps or stop:
+                recent = run.history[-config.log_every :]
+                metrics = {
+                    "step": done,
+                    "loss": sum(recent) / len(recent),
+                    "lr": learning_rate(config, step),
+                    "data_wait_seconds": loader.wait_seconds,
+                }
+                if run.validation:
+                    metrics["val_" + SELECT] = run.validation[-1][SELECT]
+                if rank == 0:
+                    rate = (done - start) * config.batch_size * world / (time.perf_counter() - t0)
+                    progress = {**metrics, "steps": config.steps, "images_per_second": rate}
+                    storage.write_bytes(storage.join(out, PROGRESS), json.dumps(progress).encode())
+                ray.train.report(metrics)
+            if stop:
+                break
+    finally:
+        loader.close()
 
 
-def fit(train_ds: Any, out: str, config: TrainConfig, prior: torch.Tensor,
+def _validation_point(
+    run: RunState,
+    out: str,
+    config: TrainConfig,
+    prior: torch.Tensor,
+    photos: list[bytes],
+    weights: dict[str, torch.Tensor],
+) -> bool:
+    """Score the shipped weights, keep them as best.pt when they beat the best so far; True
+    when `patience` validations in a row brought no gain (stop)."""
+    scores = validate(weights, config, prior, photos)
+    run.validation.append({"step": run.step, **scores})
+    value = scores.get(SELECT, -math.inf)
+    if run.best is None or value > run.best["score"]:
+        run.best, run.bad = {"step": run.step, "score": value}, 0
+        kept = {k: v.detach().cpu() for k, v in weights.items()}
+        save_state(
+            best_uri(out), {"net": kept, "step": run.step, "score": value, "metrics": scores}
+        )
+    else:
+        run.bad += 1
+    return bool(config.patience and run.bad >= config.patience)
+
+
+def fit(prepared: Prepared, out: str, config: TrainConfig, prior: torch.Tensor,
         s3_endpoint_url: str | None, scratch: str) -> None:  # fmt: skip
     """Run the Ray Train loop on `config.workers` workers (a GPU each when the cluster has
     enough, else CPU threads), resuming from the latest checkpoint under `out`."""
     import ray
-    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = ray.cluster_resources()
@@ -470,29 +500,44 @@ def fit(train_ds: Any, out: str, config: TrainConfig, prior: torch.Tensor,
             "out": out,
             "prior": prior.tolist(),
             "s3_endpoint_url": s3_endpoint_url,
+            "train_blocks": [asdict(b) for b in prepared.blocks["train"]],
+            "val_blocks": [asdict(b) for b in prepared.blocks["val"]],
         },
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(name="archive-colorize-train", storage_path=scratch),
-        datasets={"train": train_ds},
-        dataset_config=DataConfig(datasets_to_split=[]),
     )
     trainer.fit()
 
 
 def final_colorizer(out: str, config: TrainConfig, prior: torch.Tensor) -> models.Colorizer:
-    """The model of the latest checkpoint, with its prior, ready for `models.save`."""
+    """The model the run ships, with its prior, ready for `models.save`: the best validated
+    checkpoint with --val-every, else the latest one (its EMA weights when kept)."""
     latest = latest_checkpoint(out)
     if latest is None:
         raise FileNotFoundError(f"no training checkpoint under {out}")
     state = load_state(latest)
     colorizer = models.build(config.arch, prior=prior)
-    colorizer.net.load_state_dict(state.get("ema") or state["net"])
-    colorizer.card["training"] = {"steps": int(state["step"])}
+    training: dict[str, Any] = {"steps": int(state["step"])}
+    if config.val_every and storage.exists(best_uri(out)):
+        best = load_state(best_uri(out))
+        colorizer.net.load_state_dict(best["net"])
+        training.update(best_step=int(best["step"]), selected_by={SELECT: float(best["score"])})
+        if state.get("stopped"):
+            training["stopped_early_at"] = int(state["step"])
+    else:
+        colorizer.net.load_state_dict(state.get("ema") or state["net"])
+    colorizer.card["training"] = training
     return colorizer.eval()
 
 
 def loss_history(out: str) -> list[float]:
     latest = latest_checkpoint(out)
     return [] if latest is None else list(load_state(latest)["history"])
+
+
+def validation_curve(out: str) -> list[dict[str, float]]:
+    """The validation points of the latest checkpoint: [{"step", metric: mean, ...}]."""
+    latest = latest_checkpoint(out)
+    return [] if latest is None else list(load_state(latest).get("validation") or [])

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 from pipeline.stamps import STAMPS_DIR, is_photographic, paste_stamp, select_stamps
-from pipeline.training import TrainConfig, sample_batch
+from pipeline.training import TrainConfig, make_crop
 
 
 def photo_cutout() -> np.ndarray:
@@ -75,17 +75,23 @@ def test_pasting_changes_the_crop_only_under_the_stamp():
     assert (corners == 90).all()  # the alpha-0 corners of the ellipse's box keep the crop
 
 
-def test_training_batches_paste_the_share_asked_and_stay_seeded():
-    photos = np.stack([np.full((72, 72, 3), v, np.uint8) for v in (40, 90, 140, 200)])
+def _crops(photos, config, stamps, seed=5):
+    # each crop's random numbers come from its own generator (its data position in training)
+    return [make_crop(p, config, np.random.default_rng([seed, i]), stamps)
+            for i, p in enumerate(photos)]  # fmt: skip
+
+
+def test_training_crops_paste_the_share_asked_and_stay_seeded():
+    photos = [np.full((72, 72, 3), v, np.uint8) for v in (40, 90, 140, 200)] * 4
     stamps = [photo_cutout()]
     base = TrainConfig(crop=64, prepared=72, batch_size=8, scale_min=1.0)
-    plain = sample_batch(photos, base, step=5, rank=0, stamps=stamps)  # paste 0: none
-    assert all(len(np.unique(c.numpy())) == 1 for c in plain)
+    plain = _crops(photos, base, stamps)  # paste 0: none
+    assert all(len(np.unique(c)) == 1 for c in plain)
     config = TrainConfig(crop=64, prepared=72, batch_size=8, scale_min=1.0, paste=0.5,
                          stamps="unused-here")  # fmt: skip
-    batch = sample_batch(photos, config, step=5, rank=0, stamps=stamps)
-    pasted = sum(len(np.unique(c.numpy())) > 1 for c in batch)
-    assert 0 < pasted < 8
-    np.testing.assert_array_equal(batch, sample_batch(photos, config, 5, 0, stamps))
+    batch = _crops(photos, config, stamps)
+    pasted = sum(len(np.unique(c)) > 1 for c in batch)
+    assert 0 < pasted < 16
+    np.testing.assert_array_equal(np.stack(batch), np.stack(_crops(photos, config, stamps)))
     with pytest.raises(ValueError, match="--stamps"):
         TrainConfig(paste=0.5).validate()

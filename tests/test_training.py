@@ -1,9 +1,12 @@
-"""Training: prior, train step, resumable Ray Train runs (2 CPU workers), evaluation, flows."""
+"""Training: preparation (reused, resumed), prior, streaming with a data position, train
+step, resumable Ray Train runs (2 CPU workers), validation in the loop, evaluation, flows."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -23,14 +26,15 @@ from models.bins import nearest_bin
 from pipeline import storage
 from pipeline.evaluate import gray_baseline
 from pipeline.metrics import image_metrics
+from pipeline.prepared import PrepareSettings, prepare, prepare_shard
+from pipeline.stream import Loader, Position, make_crop, samples
 from pipeline.training import (
     TrainConfig,
     ab_targets,
-    empirical_prior,
     load_state,
     make_optimizer,
-    read_split,
-    sample_batch,
+    prepare_settings,
+    save_state,
     split_of,
     train_step,
 )
@@ -46,8 +50,9 @@ def _jpeg(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def tiny_archive(root: Path, n: int = 16) -> Path:
-    """n real photo crops (96 px) from scikit-image's bundled photos, one Parquet shard."""
+def tiny_archive(root: Path, n: int = 16, shards: int = 1) -> Path:
+    """n real photo crops (96 px) from scikit-image's bundled photos, in `shards` Parquet
+    shards."""
     rng = np.random.default_rng(0)
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
     ids, blobs = [], []
@@ -57,7 +62,10 @@ def tiny_archive(root: Path, n: int = 16) -> Path:
         ids.append(f"photo-{i:03d}")
         blobs.append(_jpeg(p[y : y + 96, x : x + 96]))
     root.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": ids, "image": blobs}), root / "part-00000.parquet")
+    for k in range(shards):
+        part = slice(k * n // shards, (k + 1) * n // shards)
+        table = pa.table({"id": ids[part], "image": blobs[part]})
+        pq.write_table(table, root / f"part-{k:05d}.parquet")
     return root
 
 
@@ -81,11 +89,14 @@ def test_prior_from_a_known_tiny_set(tmp_path, ray_local):  # noqa: F811
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, "PNG")
         png.append(buf.getvalue())
-    pq.write_table(pa.table({"id": list("abcde"), "image": png}), root / "p.parquet")
+    png.append(b"\x89PNG broken")  # unreadable: skipped and counted
+    pq.write_table(pa.table({"id": list("abcdef"), "image": png}), root / "p.parquet")
     config = TrainConfig(crop=64, prepared=72, val_fraction=0.0)
-    ds = read_split([str(root / "p.parquet")], config, "train")
-    counts, prior, images = empirical_prior(ds, config)
-    assert images == 4
+    uris = [str(root / "p.parquet")]
+    prepared = prepare(str(root), uris, str(tmp_path / "prep"), prepare_settings(config))
+    counts = prepared.counts
+    assert prepared.images == {"train": 4, "val": 0}
+    assert prepared.skipped == {"gray": 1, "unreadable": 1}
     centers = models.gamut_bin_centers()
     _, ab_red = ab_targets(torch.from_numpy(red[None, :8, :8]))
     _, ab_blue = ab_targets(torch.from_numpy(blue[None, :8, :8]))
@@ -93,22 +104,142 @@ def test_prior_from_a_known_tiny_set(tmp_path, ray_local):  # noqa: F811
     per_image = (72 // 4) ** 2
     assert counts[i_red] == 3 * per_image and counts[i_blue] == per_image
     assert counts.sum() == 4 * per_image
+    from pipeline.training import prior_of
+
+    prior = prior_of(counts, config)
     assert prior[i_red] > prior[i_blue] > 0 and prior.sum().item() == pytest.approx(1.0)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_preparation_is_kept_reused_without_decoding_and_resumes(tmp_path, ray_local):  # noqa: F811
+    src = tiny_archive(tmp_path / "src", n=24, shards=3)
+    uris = sorted(str(p) for p in src.glob("*.parquet"))
+    settings = PrepareSettings(prepared=72, val_fraction=0.25, fold=0)
+    base = tmp_path / "prepared"
+    first = prepare(str(src), uris, str(base), settings)
+    assert first.prepared_now == 3 and first.shards == 3
+    assert first.images["train"] + first.images["val"] == 24
+    root = Path(first.root)
+    assert root.parent == base and len(root.name) == 16  # a folder per settings digest
+    before = _tree(root)
+
+    # the same corpus and settings: nothing is read from the source, nothing is written.
+    # Proof: the sources are overwritten with garbage of the same size and modification
+    # time (their identity), so any decode would fail or change the prepared data.
+    saved = {u: (Path(u).read_bytes(), Path(u).stat()) for u in uris}
+    for uri, (blob, st) in saved.items():
+        Path(uri).write_bytes(b"\0" * len(blob))
+        os.utime(uri, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = prepare(str(src), uris, str(base), settings)
+    assert again.prepared_now == 0 and again.root == first.root
+    torch.testing.assert_close(again.counts, first.counts)
+    assert _tree(root) == before
+    for uri, (blob, st) in saved.items():
+        Path(uri).write_bytes(blob)
+        os.utime(uri, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    # an interrupted preparation: shard 1's marker never written, a temp file left behind
+    (root / "_done" / "shard-00001.json").unlink()
+    (root / "_tmp").mkdir(exist_ok=True)
+    (root / "_tmp" / ".shard-00001.parquet.dead.tmp").write_bytes(b"partial")
+    resumed = prepare(str(src), uris, str(base), settings)
+    assert resumed.prepared_now == 1
+    torch.testing.assert_close(resumed.counts, first.counts)
+    after = _tree(root)
+    for name in ("_done/shard-00000.json", "_done/shard-00002.json", "train/shard-00000.parquet"):
+        assert after[name] == before[name], name  # committed shards are not prepared again
+    assert after["_done/shard-00001.json"][1] == before["_done/shard-00001.json"][1]
+
+    # other preparation settings (here the split) prepare afresh, beside the first
+    other = prepare(str(src), uris, str(base), PrepareSettings(72, 0.25, fold=1))
+    assert other.prepared_now == 3 and other.root != first.root
+    assert sorted(p.name for p in base.iterdir()) == sorted([root.name, Path(other.root).name])
+
+
+def _local_prepared(tmp_path: Path, n: int = 40, rows: int = 4) -> list:
+    src = tiny_archive(tmp_path / "src", n=n)
+    settings = PrepareSettings(prepared=72, val_fraction=0.0, fold=0, rows_per_group=rows)
+    root = str(tmp_path / "prep")
+    prepare_shard(str(src / "part-00000.parquet"), root, "shard-00000", settings)
+    from pipeline.prepared import load
+
+    return load(root, ["shard-00000"], "test").blocks["train"]
+
+
+def test_the_stream_covers_each_epoch_and_resumes_at_its_position(tmp_path):
+    blocks = _local_prepared(tmp_path)
+    assert len(blocks) == 10 and all(b.rows == 4 for b in blocks)
+    # an epoch: every block once, split among the ranks
+    per_rank = [list(itertools.islice(samples(blocks, 0, r, 2, 2, Position()), 20)) for r in (0, 1)]
+    images = [s.image for r in per_rank for s in r]
+    assert len(set(images)) == 40
+    assert per_rank[0][-1].after == Position(0, 3, 0)  # 5 blocks in windows of 2, 2, 1
+    # the next epoch is another order
+    nxt = list(itertools.islice(samples(blocks, 0, 0, 2, 2, Position(1, 0, 0)), 20))
+    assert [s.image for s in nxt] != [s.image for s in per_rank[0]]
+    # restarted at any position, the stream goes on exactly as the uninterrupted one
+    run = list(itertools.islice(samples(blocks, 0, 0, 2, 2, Position()), 45))
+    for k in (0, 3, 7, 19, 30):
+        rest = list(itertools.islice(samples(blocks, 0, 0, 2, 2, run[k].after), 45 - k - 1))
+        assert [(s.image, s.key) for s in rest] == [(s.image, s.key) for s in run[k + 1 :]]
+
+
+def test_the_loader_resumes_exactly_and_a_wrong_position_differs(tmp_path):
+    blocks = _local_prepared(tmp_path)
+    config = TrainConfig(crop=64, prepared=72, batch_size=6, steps=8, shuffle_blocks=2,
+                         degrade=0.5, scale_min=0.5, loader_threads=2)  # fmt: skip
+    full = Loader(blocks, config, rank=0, world=1, start_step=0, position=Position())
+    batches = [full.next() for _ in range(8)]
+    with pytest.raises(StopIteration):
+        full.next()
+    full.close()
+    resumed = Loader(blocks, config, 0, 1, start_step=3, position=batches[2].position)
+    for want in batches[3:]:
+        got = resumed.next()
+        assert got.step == want.step and got.position == want.position
+        torch.testing.assert_close(got.lightness, want.lightness, rtol=0, atol=0)
+        torch.testing.assert_close(got.ab, want.ab, rtol=0, atol=0)
+    resumed.close()
+    wrong = Loader(blocks, config, 0, 1, start_step=3, position=batches[1].position)
+    assert not torch.equal(wrong.next().lightness, batches[3].lightness)
+    wrong.close()
+    one_thread = Loader(blocks, TrainConfig(**{**config.__dict__, "loader_threads": 1}), 0, 1,
+                        start_step=0, position=Position())  # fmt: skip
+    torch.testing.assert_close(one_thread.next().ab, batches[0].ab, rtol=0, atol=0)
+    one_thread.close()
 
 
 def test_train_step_decreases_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     config = TrainConfig(crop=64, prepared=72, batch_size=4, lr=1e-3)
     colorizer = models.build("small")
-    photos = np.stack([data.astronaut()[i * 72 : i * 72 + 72, :72] for i in range(4)])
-    batch = sample_batch(photos, config, step=0, rank=0)
-    assert batch.shape == (4, 64, 64, 3)
-    torch.testing.assert_close(batch, sample_batch(photos, config, step=0, rank=0))  # seeded
+    photos = [data.astronaut()[i * 72 : i * 72 + 72, :72] for i in range(4)]
+    crops = [make_crop(p, config, np.random.default_rng([0, i])) for i, p in enumerate(photos)]
+    assert crops[0].shape == (64, 64, 3)
+    np.testing.assert_array_equal(
+        crops[1], make_crop(photos[1], config, np.random.default_rng([0, 1]))
+    )
+    lightness, ab = ab_targets(torch.from_numpy(np.stack(crops)))
     optimizer = make_optimizer(colorizer.net, config)
     weights = torch.ones(colorizer.num_bins)
+    # on a CPU the step computes the paper's loss in fp32 exactly as before the GPU path
+    # (autocast, channels-last, non-blocking copies apply on CUDA only)
+    from models.targets import rebalanced_cross_entropy
+
+    torch.manual_seed(1)  # the same dropout draws for both
+    with torch.no_grad():
+        x = (lightness - colorizer.l_center) / colorizer.l_scale
+        want = rebalanced_cross_entropy(colorizer.net(x), ab, colorizer.centers, weights)
+    torch.manual_seed(1)
     losses = [
-        train_step(colorizer.net, colorizer, optimizer, batch, weights, config) for _ in range(25)
+        train_step(colorizer.net, colorizer, optimizer, lightness, ab, weights, config)
+        for _ in range(25)
     ]
+    assert losses[0] == float(want)
     assert losses[-1] < 0.8 * losses[0]
 
 
@@ -137,29 +268,51 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
     ray_local,  # noqa: F811
 ):
     src = tiny_archive(tmp_path / "src")
-    full = train_model(str(src), str(tmp_path / "a"), steps=6, workers=2, **TINY)
+    shared = str(tmp_path / "prepared")  # --prepared-data: both runs use it
+    options = {**TINY, "steps": 6, "workers": 2, "val_every": 2, "prepared_data": shared}
+    full = train_model(str(src), str(tmp_path / "a"), **options)
+    assert full["prepared"]["prepared_now"] == 1
     a_dir = tmp_path / "a"
     assert (a_dir / "model.safetensors").is_file() and (a_dir / "loss.png").is_file()
     assert sorted(p.name for p in (a_dir / "checkpoints").iterdir()) == [
-        "step-0000003.pt", "step-0000006.pt"
+        "best.pt", "step-0000003.pt", "step-0000006.pt"
     ]  # fmt: skip
     card = models.read_card(a_dir / "model.safetensors")
     assert card["training"]["steps"] == 6 and card["training"]["images"] > 0
     assert set(card["metrics"]["metrics"]["auc"]) == {"model", "gray"}
     assert full["metrics"] == card["metrics"]["metrics"]
 
-    # a run that "crashed" after its step-3 checkpoint, resumed by re-running the same command
+    # validation at steps 2, 4, 6; the best one is the checkpoint kept and the model shipped
+    a = load_state(str(a_dir / "checkpoints/step-0000006.pt"))
+    curve = a["validation"]
+    assert [p["step"] for p in curve] == [2, 4, 6] and full["validation"] == curve
+    assert {"auc", "auc_rebalanced", "psnr", "ssim"} <= set(curve[0])
+    best = load_state(str(a_dir / "checkpoints/best.pt"))
+    want = max(curve, key=lambda p: p["auc_rebalanced"])
+    assert best["step"] == want["step"] == a["best"]["step"] == card["training"]["best_step"]
+    shipped = models.load(a_dir / "model.safetensors").net.state_dict()
+    for key, value in best["net"].items():
+        torch.testing.assert_close(shipped[key], value, msg=key)
+    assert len(a["data"]) == 2  # each rank's data position
+
+    # a run that "crashed" after its step-3 checkpoint, resumed by re-running the same command;
+    # its step-3 checkpoint's loss history is replaced by sentinels: the resumed history must
+    # start with them (read from the file), and end as the uninterrupted run's
     b_dir = tmp_path / "b"
     (b_dir / "checkpoints").mkdir(parents=True)
-    (b_dir / "checkpoints" / "step-0000003.pt").write_bytes(
-        (a_dir / "checkpoints" / "step-0000003.pt").read_bytes()
-    )
-    train_model(str(src), str(b_dir), steps=6, workers=2, **TINY)
-    a, b = (
-        load_state(str(a_dir / "checkpoints/step-0000006.pt")),
-        load_state(str(b_dir / "checkpoints/step-0000006.pt")),
-    )
-    assert a["history"] == pytest.approx(b["history"], rel=1e-4)
+    step3 = load_state(str(a_dir / "checkpoints/step-0000003.pt"))
+    assert step3["step"] == 3 and len(step3["data"]) == 2 and step3["validation"][0]["step"] == 2
+    step3["history"] = [7.0, 8.0, 9.0]
+    save_state(str(b_dir / "checkpoints" / "step-0000003.pt"), step3)
+    (b_dir / "checkpoints" / "best.pt").write_bytes((a_dir / "checkpoints/best.pt").read_bytes())
+    again = train_model(str(src), str(b_dir), **options)
+    assert again["prepared"] == {**full["prepared"], "prepared_now": 0}  # nothing prepared again
+    b = load_state(str(b_dir / "checkpoints/step-0000006.pt"))
+    assert b["history"][:3] == [7.0, 8.0, 9.0]
+    assert a["history"][3:] == pytest.approx(b["history"][3:], rel=1e-4)
+    assert b["data"] == a["data"] and b["best"]["step"] == a["best"]["step"]
+    for p, q in zip(a["validation"], b["validation"], strict=True):
+        assert p == pytest.approx(q, rel=1e-4)
     for key in a["net"]:
         torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-5)
 
@@ -168,8 +321,8 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
         cli.main(["evaluate", str(src), "--model", str(a_dir / "model.safetensors"),
                   "--out", str(tmp_path / "eval"), "--val-fraction", "0.25"])  # fmt: skip
     assert exit_code.value.code == 0
-    again = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert again["metrics"] == card["metrics"]["metrics"]
+    again_eval = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert again_eval["metrics"] == card["metrics"]["metrics"]
     assert (tmp_path / "eval" / "contact_sheet.png").is_file()
     assert "gray baseline" in (tmp_path / "eval" / "evaluation.md").read_text()
 
@@ -220,12 +373,28 @@ def test_train_flow_on_s3(tmp_path, s3_server, ray_local):  # noqa: F811
     )
     result = train_model(
         f"s3://{bucket}/photos", f"s3://{bucket}/runs/r1", steps=3, workers=2,
+        prepared_data=f"s3://{bucket}/prepared", val_every=1, patience=1,
         s3_endpoint_url=s3_server, **TINY,
     )  # fmt: skip
     assert result["model"] == f"s3://{bucket}/runs/r1/model.safetensors"
-    for key in ("model.safetensors", "model.json", "loss.png", "checkpoints/step-0000003.pt",
-                "evaluation/evaluation.json"):  # fmt: skip
-        assert storage.exists(f"s3://{bucket}/runs/r1/{key}"), key
+    root = result["prepared"]["root"]
+    assert root.startswith(f"s3://{bucket}/prepared/") and result["prepared"]["prepared_now"] == 1
+    for key in ("settings.json", "_done/shard-00000.json", "train/shard-00000.parquet",
+                "val/shard-00000.parquet"):  # fmt: skip
+        assert storage.exists(f"{root}/{key}"), key
+    # validation every step, stopped after one without gain (or all 3 steps improving)
+    scores = [p["auc_rebalanced"] for p in result["validation"]]
+    last = len(scores)
+    assert [p["step"] for p in result["validation"]] == list(range(1, last + 1))
     card = json.loads(storage.read_bytes(f"s3://{bucket}/runs/r1/model.json"))
+    for i in range(1, last - 1):
+        assert scores[i] > max(scores[:i])  # no stop before the last validation
+    missed = last > 1 and scores[-1] <= max(scores[:-1])
+    assert ("stopped_early_at" in card["training"]) == missed
+    assert last == 3 or missed
+    assert card["training"]["best_step"] == int(np.argmax(scores)) + 1
+    for key in ("model.safetensors", "model.json", "loss.png", f"checkpoints/step-{last:07d}.pt",
+                "checkpoints/best.pt", "evaluation/evaluation.json"):  # fmt: skip
+        assert storage.exists(f"s3://{bucket}/runs/r1/{key}"), key
     assert card["training"]["source"] == f"s3://{bucket}/photos"
     storage.configure(None)
