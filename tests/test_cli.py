@@ -6,7 +6,16 @@ from flows.cli import build_parser
 def test_every_option_of_every_command_is_documented():
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"colorize", "pack", "train", "evaluate", "export", "demo"}
+    assert set(commands.choices) == {
+        "colorize",
+        "pack",
+        "train",
+        "crossval",
+        "evaluate",
+        "export",
+        "stamps",
+        "demo",
+    }
     for name, sub in commands.choices.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
