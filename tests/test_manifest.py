@@ -5,12 +5,10 @@ real files; one DEST through every step, as a nightly deployment would see it)."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from PIL import Image
 from skimage import data
@@ -26,20 +24,9 @@ from tests.archive_helpers import (
     png_with_junk_exif,
     read_output,
 )
+from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            _temp_dir=os.environ["ARCHIVE_COLORIZE_RAY_TEMP"],
-        )
-    yield
 
 
 def _model(path: Path, seed: int) -> str:
@@ -57,7 +44,7 @@ def _listing(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def test_one_dest_one_model_refuse_then_recolorize(tmp_path: Path, ray_local, capsys):
+def test_one_dest_one_model_refuse_then_recolorize(tmp_path: Path, ray_local, capsys):  # noqa: F811
     old_model = _model(tmp_path / "old.safetensors", 1)
     new_model = _model(tmp_path / "new.safetensors", 2)
     old_id, new_id = model_id(old_model), model_id(new_model)
@@ -146,7 +133,7 @@ def test_one_dest_one_model_refuse_then_recolorize(tmp_path: Path, ray_local, ca
     assert noop["shards"]["done"] == 0 and noop["shards"]["skipped"] == 3
 
 
-def test_older_dest_without_manifest_is_adopted_or_refused(tmp_path: Path, ray_local):
+def test_older_dest_without_manifest_is_adopted_or_refused(tmp_path: Path, ray_local):  # noqa: F811
     model_a = _model(tmp_path / "a.safetensors", 3)
     model_b = _model(tmp_path / "b.safetensors", 4)
     photos, dest = tmp_path / "photos", tmp_path / "dest"

@@ -4,17 +4,16 @@ image and go on, and a photo whose IPTC holds an empty value is read (real Ray, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import ray
 from skimage import data
 
 import models
 from flows.evaluate import evaluate_model
 from pipeline.training import prepare_photo
 from tests.archive_helpers import jpeg, jpeg_with_empty_iptc
+from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 
 
 def _folder(root: Path) -> Path:
@@ -35,14 +34,7 @@ def test_prepare_photo_skips_what_it_cannot_read(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_evaluate_counts_unreadable_images_and_completes(tmp_path: Path):
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            _temp_dir=os.environ["ARCHIVE_COLORIZE_RAY_TEMP"],
-        )
+def test_evaluate_counts_unreadable_images_and_completes(tmp_path: Path, ray_local):  # noqa: F811
     model = tmp_path / "small.safetensors"
     models.save(models.build("small"), model)
     photos = _folder(tmp_path / "photos")
