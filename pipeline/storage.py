@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -241,11 +241,12 @@ def clean_staging(dest: str, max_age_seconds: float = 3600.0) -> None:
 
 
 def fetch_to_local(uri: str) -> str:
-    """A local path for `uri` (S3 objects are downloaded to a temp file)."""
+    """A local path for `uri`. An S3 object is downloaded into a fresh temp folder under its own
+    file name, since the name is part of what identifies it (a model's id in rows and in DEST's
+    manifest): a random name would make every run's model look new."""
     if not is_s3(uri):
         return uri
-    fd, path = tempfile.mkstemp(prefix="archive-colorize-", suffix=Path(uri).suffix)
-    os.close(fd)
     loc = parse_s3(uri)
+    path = os.path.join(tempfile.mkdtemp(prefix="archive-colorize-"), PurePosixPath(loc.key).name)
     _s3_client().download_file(loc.bucket, loc.key, path)
     return path

@@ -76,6 +76,8 @@ def test_pack_and_colorize_s3_to_s3(tmp_path: Path, s3_server, bucket, ray_local
     parts = [f"{bucket}/{k}" for k in keys if k.endswith(".parquet") and "/_" not in k]
     table = pq.read_table(parts, filesystem=fs)
     assert sorted(table["id"].to_pylist()) == sorted(files)
+    # the model is named as the user named it, so the next scheduled run's manifest check matches
+    assert {m.split("@")[0] for m in table["model"].to_pylist()} == {"small.safetensors"}
     assert result["images"] == len(files) and result["errors"] == 3
     report = json.loads(storage.read_bytes(f"s3://{bucket}/out/report.json"))
     assert report["shards"]["done"] == 3
