@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +66,50 @@ def read_output(dest: Path) -> list[dict]:
             row["_shard"] = path.stem
             rows.append(row)
     return rows
+
+
+class Gate:
+    """A source image that is a named pipe, for tests that must act while a shard is in
+    flight: the worker that reads it blocks until the test lets the bytes through. The run
+    finds it through a listing frozen before the pipe replaced the file (`freeze_with_gate`).
+
+    `wait_reader` returns once a reader has the pipe open (a non-blocking open for writing
+    succeeds only then): from that moment the shard is in flight and stays so."""
+
+    def __init__(self, path: Path, blob: bytes) -> None:
+        self.path, self.blob, self.fd = path, blob, -1
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+
+    def wait_reader(self, seconds: float = 240) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                return
+            except OSError as exc:  # ENXIO: no reader yet
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def drop(self) -> None:
+        """Close our end without writing (after the reader was killed)."""
+        os.close(self.fd)
+        self.fd = -1
+
+    def release(self) -> None:
+        """Write the image's bytes to the reader and close: it reads them, then EOF."""
+        os.set_blocking(self.fd, True)
+        view = memoryview(self.blob)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.drop()
+
+
+def freeze_with_gate(source: Path, dest: Path, gated: str, shard_size: int = 1) -> Gate:
+    """Freeze SOURCE's file listing into DEST (as a first run does), then make the file
+    `gated` a Gate. Returns the gate."""
+    from pipeline.shards import list_shards
+
+    list_shards(str(source), str(dest), shard_size)
+    return Gate(source / gated, (source / gated).read_bytes())
