@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import select
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ class Gate:
         path.unlink(missing_ok=True)
         os.mkfifo(path)
 
-    def wait_reader(self, seconds: float = 240) -> None:
+    def wait_reader(self, seconds: float = 600) -> None:
         deadline = time.monotonic() + seconds
         while True:
             try:
@@ -90,6 +91,17 @@ class Gate:
             except OSError as exc:  # ENXIO: no reader yet
                 if exc.errno != errno.ENXIO or time.monotonic() > deadline:
                     raise
+            time.sleep(0.05)
+
+    def wait_reader_gone(self, seconds: float = 600) -> None:
+        """Until no reader has the pipe open any more (a killed reader's process is gone: our
+        end then polls as an error), so that the next reader is a new one."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        deadline = time.monotonic() + seconds
+        while not any(events & select.POLLERR for _, events in poller.poll(100)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.path} still has a reader")
             time.sleep(0.05)
 
     def drop(self) -> None:

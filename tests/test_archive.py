@@ -213,6 +213,7 @@ def test_actor_killed_mid_run_is_retried_and_output_is_complete(tmp_path, ray_lo
         assert len(colorizers) == 1, names  # one local node: one actor, the gate's reader
         victim = ray.get_actor(colorizers[0]["name"], namespace=colorizers[0]["namespace"])
         ray.kill(victim, no_restart=False)  # dies with shards in flight; Ray restarts it
+        gate.wait_reader_gone()  # ray.kill returns before the process is gone
         gate.drop()
         gate.wait_reader()  # the gated shard's next attempt, on the restarted actor
         gate.release()
