@@ -132,7 +132,11 @@ def build_report(
     """
     archive = merge_stats(stats)
     run = merge_stats([s for s in stats if s.shard in run_shards])
-    failed = [{"shard": str(f["shard"]), "error": str(f["error"])} for f in shards_failed]
+    failed = [
+        {"shard": str(f["shard"]), "error": str(f["error"])}
+        | ({"attempts": int(f["attempts"])} if "attempts" in f else {})
+        for f in shards_failed
+    ]
     run_rate = _rate(run["images"], seconds)
     return {
         "source": source,

@@ -4,7 +4,9 @@ The driver passes shard descriptions and receives statistics; it never touches p
 Each actor has at most `in_flight` shards queued (so it never idles between shards, and
 memory stays bounded). A shard whose actor died (or which raised) is retried, on another
 actor where there is one, up to `max_attempts`; after that it is reported as failed and the
-run goes on with the rest.
+run goes on with the rest. An actor that died is given no shard until Ray has restarted it
+(a probe of it answers): a shard sent to an actor that is still restarting would fail at
+once, and the attempts of a shard could all be spent while it restarts.
 
 Actors are sized per node (`plan_slots`, from `ray.nodes()`): by default one per GPU, else one
 per CPU node with that node's threads. Every few seconds the pool looks at the cluster again:
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.shards import Shard
@@ -184,14 +186,17 @@ def run_shards(
     queue: deque[tuple[Shard, int, int | None]] = deque((s, 1, None) for s in shards)
     running: dict[Any, tuple[Shard, int, int]] = {}  # ref -> (shard, attempt, actor index)
     load = [0] * len(pool.actors)
+    recovering: dict[Any, int] = {}  # a probe of an actor that died -> the actor's index
     refreshed = time.monotonic()
     while queue or running:
         if time.monotonic() - refreshed > refresh_seconds:  # nodes joined or died meanwhile?
             load += [0] * len(pool.refresh())
             refreshed = time.monotonic()
+            recovering = {r: i for r, i in recovering.items() if i not in pool.dead}
+        waiting = set(recovering.values())
         while queue:
             shard, attempt, avoid = queue[0]
-            choices = [i for i in pool.usable() if load[i] < in_flight]
+            choices = [i for i in pool.usable() if load[i] < in_flight and i not in waiting]
             if not choices:
                 break
             preferred = [i for i in choices if i != avoid] or choices
@@ -200,15 +205,18 @@ def run_shards(
             ref = pool.actors[actor_i].process.remote(shard, dest, attempt)
             running[ref] = (shard, attempt, actor_i)
             load[actor_i] += 1
-        if not running:  # every actor we had is gone: wait for a node to join, or give up
+        if not running and not recovering:  # every actor is gone: wait for a node, or give up
             load += [0] * len(pool.refresh())
             if not pool.usable():
                 raise RuntimeError("no alive actor left: every node of the run is gone")
             continue
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=refresh_seconds)
+        ready, _ = ray.wait([*running, *recovering], num_returns=1, timeout=refresh_seconds)
         if not ready:
             continue
         ref = ready[0]
+        if ref in recovering:
+            _probed(pool, recovering, recovering.pop(ref), ref)
+            continue
         shard, attempt, actor_i = running.pop(ref)
         load[actor_i] -= 1
         try:
@@ -216,6 +224,8 @@ def run_shards(
         except (RayActorError, RayError) as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             load += [0] * len(pool.refresh())  # a lost node: drop its actors
+            if isinstance(exc, RayActorError) and actor_i not in set(recovering.values()):
+                recovering[_probe(pool, actor_i)] = actor_i  # no shards until it is back
             if attempt < max_attempts:
                 log.warning(
                     "shard %s failed (attempt %d): %s; retrying", shard.name, attempt, reason
@@ -230,3 +240,22 @@ def run_shards(
         if on_shard is not None:
             on_shard(stats)
     return outcome
+
+
+def _probe(pool: ActorPool, actor_i: int) -> Any:
+    """A call that answers once the actor is up (Ray restarts an actor that died)."""
+    return pool.actors[actor_i].__ray_ready__.remote()
+
+
+def _probed(pool: ActorPool, recovering: dict[Any, int], actor_i: int, ref: Any) -> None:
+    """An actor's probe answered: it takes shards again, is probed again (still restarting),
+    or is dropped (out of restarts, or its node is gone)."""
+    try:
+        ray.get(ref)
+    except ActorUnavailableError:
+        if actor_i not in pool.dead:
+            time.sleep(0.2)  # restarting: ask again, without a busy loop
+            recovering[_probe(pool, actor_i)] = actor_i
+    except RayError:
+        log.warning("actor %d is gone for good: its shards go to the others", actor_i)
+        pool.dead.add(actor_i)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import select
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +92,61 @@ def png_with_junk_exif(array: np.ndarray, size: int | None = 160) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", exif=b"this is no TIFF header at all")
     return buf.getvalue()
+
+
+class Gate:
+    """A source image that is a named pipe, for tests that must act while a shard is in
+    flight: the worker that reads it blocks until the test lets the bytes through. The run
+    finds it through a listing frozen before the pipe replaced the file (`freeze_with_gate`).
+
+    `wait_reader` returns once a reader has the pipe open (a non-blocking open for writing
+    succeeds only then): from that moment the shard is in flight and stays so."""
+
+    def __init__(self, path: Path, blob: bytes) -> None:
+        self.path, self.blob, self.fd = path, blob, -1
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+
+    def wait_reader(self, seconds: float = 600) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                return
+            except OSError as exc:  # ENXIO: no reader yet
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def wait_reader_gone(self, seconds: float = 600) -> None:
+        """Until no reader has the pipe open any more (a killed reader's process is gone: our
+        end then polls as an error), so that the next reader is a new one."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        deadline = time.monotonic() + seconds
+        while not any(events & select.POLLERR for _, events in poller.poll(100)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.path} still has a reader")
+            time.sleep(0.05)
+
+    def drop(self) -> None:
+        """Close our end without writing (after the reader was killed)."""
+        os.close(self.fd)
+        self.fd = -1
+
+    def release(self) -> None:
+        """Write the image's bytes to the reader and close: it reads them, then EOF."""
+        os.set_blocking(self.fd, True)
+        view = memoryview(self.blob)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.drop()
+
+
+def freeze_with_gate(source: Path, dest: Path, gated: str, shard_size: int = 1) -> Gate:
+    """Freeze SOURCE's file listing into DEST (as a first run does), then make the file
+    `gated` a Gate. Returns the gate."""
+    from pipeline.shards import list_shards
+
+    list_shards(str(source), str(dest), shard_size)
+    return Gate(source / gated, (source / gated).read_bytes())

@@ -29,6 +29,9 @@ class FaultProxy:
         self.upstream = urlparse(upstream)
         self.rate_503 = 0.0
         self.outage_until = 0.0
+        self.outage_trigger: Callable[[str, str], bool] | None = lambda method, path: False
+        self.outage_requests = 0  # the next requests after the trigger's that are dropped
+        self.history: list[tuple[str, str, str | None]] = []  # (method, path, fault) in order
         self.cut_put: Callable[[str], bool] = lambda path: False  # cut this PUT's body?
         self.injected: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
@@ -60,15 +63,33 @@ class FaultProxy:
     def outage(self, seconds: float) -> None:
         self.outage_until = time.monotonic() + seconds
 
+    def outage_after(self, trigger: Callable[[str, str], bool], requests: int) -> None:
+        """An outage that starts at an event of the run, not at a time: the first request for
+        which `trigger(method, path)` holds goes through, and the `requests` after it (from
+        any client) are dropped. Its length is counted in requests, so it does not depend on
+        how fast the machine is."""
+        self.outage_trigger, self.outage_requests = trigger, requests
+
     def _decide(self, method: str, path: str) -> str | None:
         with self._lock:
-            self.requests[method] += 1
-            if time.monotonic() < self.outage_until:
-                return "outage"
-            if method == "PUT" and self.cut_put(path):
-                return "cut"
-            if self._random.random() < self.rate_503:
-                return "503"
+            fault = self._fault(method, path)
+            self.history.append((method, path, fault))
+            return fault
+
+    def _fault(self, method: str, path: str) -> str | None:
+        self.requests[method] += 1
+        if time.monotonic() < self.outage_until:
+            return "outage"
+        if self.outage_trigger is None and self.outage_requests > 0:
+            self.outage_requests -= 1
+            return "outage"
+        if self.outage_trigger is not None and self.outage_trigger(method, path):
+            self.outage_trigger = None  # fired: the next ones are dropped
+            return None
+        if method == "PUT" and self.cut_put(path):
+            return "cut"
+        if self._random.random() < self.rate_503:
+            return "503"
         return None
 
     def forward(self, h: BaseHTTPRequestHandler) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 import models
 from flows.colorize import ConfigError, colorize_archive
 from pipeline.pack import pack_images
-from tests.archive_helpers import make_image_folder, read_output
+from tests.archive_helpers import freeze_with_gate, make_image_folder, read_output
 
 pytestmark = pytest.mark.slow
 
@@ -189,37 +189,44 @@ def test_hugging_face_struct_column_and_missing_id(tmp_path, ray_local, small_mo
 
 def test_actor_killed_mid_run_is_retried_and_output_is_complete(tmp_path, ray_local, small_model):
     files = make_image_folder(tmp_path / "photos", bad=False, size=320)
-    for i in range(6):  # more work, so the kill lands mid-run
+    for i in range(6):
         (tmp_path / "photos" / f"extra/{i}.jpg").parent.mkdir(exist_ok=True)
         (tmp_path / "photos" / f"extra/{i}.jpg").write_bytes(files["colour/astronaut.jpg"])
     n_files = len(files) + 6
+    out = tmp_path / "out"
+    # one image is a named pipe: its shard stays in flight until the test lets it through
+    gate = freeze_with_gate(tmp_path / "photos", out, "extra/3.jpg")
+    listing = json.loads((out / "_listing.json").read_text())
+    [gated] = [s["name"] for s in listing["shards"] if s["files"] == ["extra/3.jpg"]]
     result: dict = {}
 
     def run() -> None:
-        result.update(
-            colorize_archive(
-                str(tmp_path / "photos"), str(tmp_path / "out"), model=small_model, shard_size=1
-            )
-        )
+        result.update(colorize_archive(str(tmp_path / "photos"), str(out), model=small_model))
 
     thread = threading.Thread(target=run)
     thread.start()
-    stats_dir = tmp_path / "out" / "_stats"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (stats_dir.exists() and any(stats_dir.iterdir())):
-        time.sleep(0.05)
-    names = [n for n in ray.util.list_named_actors(all_namespaces=True)]
-    colorizers = [n for n in names if n["name"].startswith("colorizer-")]
-    assert colorizers, names
-    victim = ray.get_actor(colorizers[0]["name"], namespace=colorizers[0]["namespace"])
-    ray.kill(victim, no_restart=False)  # dies with shards in flight; Ray restarts it
-    thread.join(timeout=300)
+    try:
+        gate.wait_reader()  # the barrier: the actor is reading the gated shard's image
+        committed = len(list((out / "_stats").glob("*.json")))
+        names = [n for n in ray.util.list_named_actors(all_namespaces=True)]
+        colorizers = [n for n in names if n["name"].startswith("colorizer-")]
+        assert len(colorizers) == 1, names  # one local node: one actor, the gate's reader
+        victim = ray.get_actor(colorizers[0]["name"], namespace=colorizers[0]["namespace"])
+        ray.kill(victim, no_restart=False)  # dies with shards in flight; Ray restarts it
+        gate.wait_reader_gone()  # ray.kill returns before the process is gone
+        gate.drop()
+        gate.wait_reader()  # the gated shard's next attempt, on the restarted actor
+        gate.release()
+    finally:
+        thread.join(timeout=300)
     assert not thread.is_alive()
-    assert result["retries"] >= 1
-    rows = read_output(tmp_path / "out")
+    print(f"injected: killed the actor mid-shard after {committed} of {n_files} shards")
+    assert committed < n_files - 1  # shards were still to do
+    assert result["retries"] >= 1 and result["shards"]["failed"] == []
+    assert json.loads((out / "_stats" / f"{gated}.json").read_text())["attempt"] == 2
+    rows = read_output(out)
     assert len(rows) == n_files and len({r["id"] for r in rows}) == n_files
     assert all(r["status"] == "ok" for r in rows)
-    assert result["shards"]["failed"] == []
 
 
 def test_whole_run_killed_then_rerun_completes_without_duplicates(tmp_path, small_model):

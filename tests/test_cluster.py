@@ -20,7 +20,7 @@ from skimage import data
 
 import models
 from pipeline.runner import node_threads, plan_slots
-from tests.archive_helpers import jpeg
+from tests.archive_helpers import freeze_with_gate, jpeg
 from tests.test_deploy import BIN, ROOT, background, base_env, free_port
 
 
@@ -140,19 +140,30 @@ def test_two_nodes_share_the_work_and_a_node_lost_mid_run_loses_nothing(tmp_path
 
 @pytest.mark.slow
 def test_a_node_joining_mid_run_gets_work(tmp_path, small_model_file):
-    n = _archive(tmp_path / "scans", 150)  # long enough for a node to start and join
+    n = _archive(tmp_path / "scans", 12)
     cluster, dest = Cluster(tmp_path), tmp_path / "colour"
+    # scan-002 is a named pipe: the head's only actor holds its shard (and the one queued
+    # behind it) until the test lets it through, so the run cannot end before the node joins
+    gate = freeze_with_gate(tmp_path / "scans", dest, "scan-002.jpg")
     with cluster.head():
         cluster.wait_nodes(1)
         run = cluster.colorize(tmp_path / "scans", dest, small_model_file)
-        deadline = time.time() + 240
-        while time.time() < deadline and not _stats(dest):
-            time.sleep(0.2)
-        first = {s["node"] for s in _stats(dest)}
-        with cluster.node("node-2"):
-            print(f"injected: a node joined after {len(_stats(dest))} of {n} shards")
-            assert run.wait(timeout=400) == 0, (tmp_path / "colorize.log").read_text()[-3000:]
+        try:
+            gate.wait_reader()  # the barrier: the run is mid-shard, on the head alone
+            first = {s["node"] for s in _stats(dest)}
+            with cluster.node("node-2"):
+                print(f"injected: a node joined after {len(_stats(dest))} of {n} shards")
+                deadline = time.time() + 240
+                while time.time() < deadline and len({s["node"] for s in _stats(dest)}) < 2:
+                    time.sleep(0.2)  # until the newcomer has committed a shard
+                nodes_at_release = Counter(s["node"] for s in _stats(dest))
+                gate.release()
+                assert run.wait(timeout=400) == 0, (tmp_path / "colorize.log").read_text()[-3000:]
+        finally:
+            if run.poll() is None:
+                run.kill()
     _exactly_once(dest, n)
     nodes = Counter(s["node"] for s in _stats(dest))
-    assert len(first) == 1 and len(nodes) == 2, nodes  # the newcomer committed shards too
+    assert len(first) == 1 and len(nodes_at_release) == 2, nodes_at_release  # while held
+    assert len(nodes) == 2 and sum(nodes.values()) == n, nodes
     print(f"verified: shards per node {dict(nodes)}; every id exactly once")

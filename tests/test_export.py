@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import tifffile
 from PIL import Image
-from skimage import data
+from skimage import color, data
 
 from flows import cli
 from flows.colorize import ConfigError, colorize_archive
@@ -22,6 +22,7 @@ from flows.export import export_archive
 from pipeline import storage
 from pipeline.export import UnsafePath, safe_relative_path, target
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
+from tests.test_colorize import L_TOLERANCE
 
 pytestmark = pytest.mark.slow
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:title>Accession 1907.3</dc:title></x:xmpmeta>'
@@ -92,7 +93,15 @@ def test_folder_tree_to_files_in_the_same_layout(tmp_path, ray_local):  # noqa: 
         assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
         assert page.tags["XResolution"].value == (1200, 1)
         assert page.tags["InterColorProfile"].value
-    assert len(np.unique(pixels[..., 0])) > 256  # really 16-bit levels, not 8-bit scaled up
+    # the colour keeps the scan's L to 16-bit rounding (L_TOLERANCE's derivation), wherever no
+    # channel was clipped to the sRGB gamut (a clipped channel ends at 0 or 65535)
+    scan = (data.camera()[::3, ::3].astype(np.float64) * 257) / 65535.0
+    l_scan = color.rgb2lab(np.repeat(scan[..., None], 3, axis=-1))[..., 0]
+    l_out = color.rgb2lab(pixels / 65535.0)[..., 0]
+    unclipped = np.all((pixels > 0) & (pixels < 65535), axis=-1)
+    assert unclipped.mean() > 0.5
+    delta = np.abs(l_out - l_scan)[unclipped]
+    assert delta.max() <= L_TOLERANCE[np.uint16], delta.max()
 
     with (out / "_errors.csv").open() as f:
         errors = list(csv.DictReader(f))

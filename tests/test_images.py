@@ -129,3 +129,28 @@ def test_iptc_from_a_tiff_travels_to_jpeg_and_png_outputs():
         name, length, *hex_lines = text.split()
         assert name == "iptc" and int(length) == len(meta["iptc"])
         assert bytes.fromhex("".join(hex_lines)) == meta["iptc"]
+
+
+def test_16_bit_png_decodes_elsewhere_to_the_exact_pixels_written():
+    """Our 16-bit PNG encoder (Sub filter, ISA-L deflate) read back by pypng, not by us: bit
+    depth 16 and every sample equal to the array given (all 16 bits of each)."""
+    import png
+
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 65536, (37, 53, 3), dtype=np.uint16)
+    levels[0, :3] = [[0, 0, 0], [65535, 65535, 65535], [0x00FF, 0xFF00, 0x0101]]
+    as_float = rng.uniform(0.0, 1.0, (20, 31, 3))
+    as_bytes = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    cases = [
+        (levels, levels),
+        (as_float, np.round(as_float * 65535.0).astype(np.uint16)),
+        (as_bytes, as_bytes.astype(np.uint16) * 257),
+    ]
+    for given, expected in cases:
+        width, height, rows, info = png.Reader(bytes=encode_image(given, bit_depth=16)).read()
+        assert (width, height) == (expected.shape[1], expected.shape[0])
+        assert info["bitdepth"] == 16 and info["planes"] == 3 and not info["greyscale"]
+        decoded = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(expected.shape)
+        np.testing.assert_array_equal(decoded, expected)
+    # and the low byte matters: odd values survive (a high-byte-only encoder would drop them)
+    assert (levels % 256 != 0).mean() > 0.9

@@ -133,3 +133,24 @@ def test_nearest_bins_as_the_models_find_them() -> None:
     for centers in (on_grid, off_grid):
         expected = nearest_bin(torch.from_numpy(ab)[None], centers)[0].numpy()
         np.testing.assert_array_equal(nearest_bins(ab, centers.numpy()), expected)
+
+
+def test_spearman_of_uncertainty_against_error_on_known_pairs() -> None:
+    from pipeline.evaluate import uncertainty_vs_error
+
+    rising = [(0.1, 2.0), (0.2, 3.0), (0.3, 10.0), (0.4, 11.0), (0.9, 40.0)]
+    result = uncertainty_vs_error(rising)
+    assert result["images"] == 5 and result["spearman"] == pytest.approx(1.0)
+    falling = [(u, -e) for u, e in rising]
+    assert uncertainty_vs_error(falling)["spearman"] == pytest.approx(-1.0)
+    # ranks of error (2, 1, 4, 3) against (1, 2, 3, 4): 1 - 6 * 4 / (4 * 15) = 0.6
+    swapped = [(0.1, 5.0), (0.2, 1.0), (0.3, 9.0), (0.4, 7.0)]
+    assert uncertainty_vs_error(swapped)["spearman"] == pytest.approx(0.6)
+    # monotone but not linear: ranks only (Pearson would not give 1)
+    steep = [(u, math.exp(20 * u)) for u, _ in rising]
+    assert uncertainty_vs_error(steep)["spearman"] == pytest.approx(1.0)
+    ordered = [(0.1, 3.0), (0.2, 1.0), (0.3, 2.0)]  # 1 - 6 * (4 + 1 + 1) / 24 = -0.5
+    assert uncertainty_vs_error(ordered)["spearman"] == pytest.approx(-0.5)
+    assert uncertainty_vs_error([(0.1, 1.0), (0.2, 2.0)]) == {"spearman": None, "images": 2}
+    flat = [(0.5, 1.0), (0.5, 2.0), (0.5, 3.0)]  # no spread in uncertainty: undefined
+    assert uncertainty_vs_error(flat) == {"spearman": None, "images": 3}

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -42,6 +44,21 @@ from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fi
 
 pytestmark = pytest.mark.slow
 TINY = {"crop": 64, "batch_size": 4, "checkpoint_every": 3, "val_fraction": 0.25}
+MARKERS = [1111.0, 2222.0, 3333.0]  # no loss of a real run: proof of a loaded history
+
+
+def _perturbed_copy(
+    run: Path, resumed: Path, history: list[float], change: Callable[[dict], None] | None = None
+) -> bytes:
+    """Put a modified copy of RUN's step-3 checkpoint (its history replaced by `history`, then
+    `change` applied) into RESUMED's checkpoints, as a crashed run would have left it."""
+    state = load_state(str(run / "checkpoints" / "step-0000003.pt"))
+    assert len(state["history"]) == 3 and not set(state["history"]) & set(history)
+    state["history"] = list(history)
+    if change is not None:
+        change(state)
+    save_state(str(resumed / "checkpoints" / "step-0000003.pt"), state)
+    return (resumed / "checkpoints" / "step-0000003.pt").read_bytes()
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -296,19 +313,19 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
     assert len(a["data"]) == 2  # each rank's data position
 
     # a run that "crashed" after its step-3 checkpoint, resumed by re-running the same command;
-    # its step-3 checkpoint's loss history is replaced by sentinels: the resumed history must
-    # start with them (read from the file), and end as the uninterrupted run's
+    # training is deterministic in (seed, step, rank), so a run that ignored the checkpoint would
+    # reach the same state: the copy's loss history carries markers, which only a run that
+    # loaded it can pass on, and it must end as the uninterrupted run's
     b_dir = tmp_path / "b"
-    (b_dir / "checkpoints").mkdir(parents=True)
     step3 = load_state(str(a_dir / "checkpoints/step-0000003.pt"))
     assert step3["step"] == 3 and len(step3["data"]) == 2 and step3["validation"][0]["step"] == 2
-    step3["history"] = [7.0, 8.0, 9.0]
-    save_state(str(b_dir / "checkpoints" / "step-0000003.pt"), step3)
+    step3_bytes = _perturbed_copy(a_dir, b_dir, history=MARKERS)
     (b_dir / "checkpoints" / "best.pt").write_bytes((a_dir / "checkpoints/best.pt").read_bytes())
     again = train_model(str(src), str(b_dir), **options)
+    assert (b_dir / "checkpoints" / "step-0000003.pt").read_bytes() == step3_bytes  # not rewritten
     assert again["prepared"] == {**full["prepared"], "prepared_now": 0}  # nothing prepared again
     b = load_state(str(b_dir / "checkpoints/step-0000006.pt"))
-    assert b["history"][:3] == [7.0, 8.0, 9.0]
+    assert b["history"][:3] == MARKERS  # carried over: steps 1-3 not recomputed
     assert a["history"][3:] == pytest.approx(b["history"][3:], rel=1e-4)
     assert b["data"] == a["data"] and b["best"]["step"] == a["best"]["step"]
     for p, q in zip(a["validation"], b["validation"], strict=True):
@@ -334,17 +351,30 @@ def test_lite0_from_imagenet_trains_and_resumes_exactly(tmp_path, ray_local):  #
     options = {**TINY, "arch": "lite0", "steps": 6, "workers": 1, "trainable_stages": 1,
                "unfreeze_at": 3, "ema_decay": 0.9, "scale_min": 0.5}  # fmt: skip
     train_model(str(src), str(tmp_path / "a"), **options)
+    # resumed from a perturbed step-3 checkpoint: markers in its history, and one weight of its
+    # moving average moved by DELTA. The average plays no part in the training, so the net and
+    # the losses of steps 4-6 must be the clean run's, while the moved weight must end DELTA *
+    # d3 * d4 * d5 away from the clean run's (each step keeps a share d = (1 + s) / (10 + s),
+    # below --ema-decay here, of the average; update_ema). Only a run that loaded all of the
+    # checkpoint (net, optimizer, average, history) passes.
     b_dir = tmp_path / "b"
-    (b_dir / "checkpoints").mkdir(parents=True)
-    (b_dir / "checkpoints" / "step-0000003.pt").write_bytes(
-        (tmp_path / "a" / "checkpoints" / "step-0000003.pt").read_bytes()
-    )
+    moved, delta = "up4.0.weight", 1.0
+    kept = math.prod((1.0 + s) / (10.0 + s) for s in (3, 4, 5))
+
+    def perturb(state: dict) -> None:
+        state["ema"][moved] = state["ema"][moved] + delta
+
+    step3 = _perturbed_copy(tmp_path / "a", b_dir, history=MARKERS, change=perturb)
     train_model(str(src), str(b_dir), **options)
+    assert (b_dir / "checkpoints" / "step-0000003.pt").read_bytes() == step3
     a, b = (load_state(str(d / "checkpoints/step-0000006.pt")) for d in (tmp_path / "a", b_dir))
-    assert a["history"] == pytest.approx(b["history"], rel=1e-4)
-    for part in ("net", "ema"):
-        for key in a[part]:
-            torch.testing.assert_close(a[part][key], b[part][key], rtol=1e-4, atol=1e-5)
+    assert b["history"][:3] == MARKERS
+    assert b["history"][3:] == pytest.approx(a["history"][3:], rel=1e-4)
+    for key in a["net"]:
+        torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-5)
+    for key in a["ema"]:
+        expected = a["ema"][key] + delta * kept if key == moved else a["ema"][key]
+        torch.testing.assert_close(b["ema"][key], expected, rtol=1e-4, atol=1e-5, msg=key)
 
     imagenet = imagenet_state("lite0")
     step3 = load_state(str(tmp_path / "a" / "checkpoints/step-0000003.pt"))["net"]
