@@ -55,7 +55,7 @@ bench: install
 	$(PY) bench/bench_training_data.py
 
 # More training colours: the photographic cut-outs of Debian's tuxpaint-stamps-default (GPL-2),
-# downloaded (not installed) and selected by the rule in pipeline/stamps.py.
+# downloaded (not installed) and selected by the rule in pipeline/training/stamps.py.
 STAMPS ?= stamps
 stamp-corpus: install
 	@mkdir -p $(STAMPS)/.deb

@@ -34,13 +34,13 @@ from skimage import data, transform
 from torch import Tensor, nn
 
 import models
-from pipeline.colorize import finish, predict_low
-from pipeline.images import decode_image, encode_image, rgb_to_pil
-from pipeline.metrics import image_metrics
-from pipeline.previews import previews
-from pipeline.resize_cpu import shrink
-from pipeline.shards import list_shards
-from pipeline.worker import WORKER_ENV, ShardColorizer
+from pipeline.archive.shards import list_shards
+from pipeline.colorize.predict import finish, predict_low
+from pipeline.colorize.previews import previews
+from pipeline.colorize.worker import WORKER_ENV, ShardColorizer
+from pipeline.imaging.images import decode_image, encode_image, rgb_to_pil
+from pipeline.imaging.metrics import image_metrics
+from pipeline.imaging.resize_cpu import shrink
 
 
 class NullNet(nn.Module):

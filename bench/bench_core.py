@@ -1,5 +1,5 @@
 """Core benchmarks (not collected by pytest): Lab conversion vs scikit-image (ours on the CPU:
-`pipeline.lab_cpu`, and the torch one that runs on a GPU), the annealed-mean decoding, and
+`pipeline.imaging.lab_cpu`, and the torch one that runs on a GPU), the annealed-mean decoding, and
 the network forward.
 
     python bench/bench_core.py [--threads 2]
@@ -20,9 +20,9 @@ from skimage import color, data, transform
 from models import build, read_card
 from models.checkpoint import DEFAULT_MODEL
 from models.decode import annealed_mean_from_logits, uncertainty
-from pipeline import lab_cpu
-from pipeline.color import lab_to_rgb, rgb_to_lab
-from pipeline.decode_cpu import decode
+from pipeline.imaging import lab_cpu
+from pipeline.imaging.color import lab_to_rgb, rgb_to_lab
+from pipeline.imaging.decode_cpu import decode
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

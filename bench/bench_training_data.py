@@ -5,7 +5,7 @@
 0. Preparation: milliseconds of one core per photo, and the prepared photo's size.
 1. Prepared crops per second on ONE core (torch and numba on one thread): read the prepared
    Parquet blocks, decode each 256-px PNG square, random resized crop to 176 + flip, Lab,
-   the targets' ab at the output resolution (`pipeline.stream.make_batch`, batch 16), with
+   the targets' ab at the output resolution (`pipeline.training.stream.make_batch`, batch 16), with
    the time split into its parts.
 2. The training step (forward, loss with soft-encoding, backward, Adam) on this CPU, batch 16
    of 176-px crops, for `eccv16` and the default `lite0`: crops per second.
@@ -33,7 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from models.targets import rebalance_weights
-from pipeline.prepared import (
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import init_net, make_optimizer, train_step
+from pipeline.training.prepared import (
     PrepareSettings,
     ab_targets,
     decode_square,
@@ -41,8 +43,7 @@ from pipeline.prepared import (
     prepare_photo_why,
     prepare_shard,
 )
-from pipeline.stream import Position, make_batch, make_crop, sample_rng, samples
-from pipeline.training import TrainConfig, init_net, make_optimizer, train_step
+from pipeline.training.stream import Position, make_batch, make_crop, sample_rng, samples
 
 PHOTOS = 96
 BATCH = 16

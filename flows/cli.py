@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.colorize import PRECISIONS
-from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.colorize.predict import PRECISIONS
+from pipeline.imaging.images import DEFAULT_MAX_PIXELS
 
 DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
 
@@ -52,7 +52,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
     from flows.export import export_archive
-    from pipeline.report import models_line
+    from pipeline.review.report import models_line
 
     result = export_archive(
         dest=dest,
@@ -73,8 +73,8 @@ def _run_export(dest: str, out: str, args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: dict[str, Any], dest: str) -> None:
-    from pipeline import storage
-    from pipeline.report import models_line
+    from pipeline.archive import storage
+    from pipeline.review.report import models_line
 
     run = result["this_run"]
     print(
@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _stamps(args: argparse.Namespace) -> int:
-    from pipeline.stamps import select_stamps
+    from pipeline.training.stamps import select_stamps
 
     rows = select_stamps(args.root, args.out)
     print(f"{len(rows)} photographic stamps in {args.out} (licences: {args.out}/stamps.tsv)")
@@ -193,8 +193,8 @@ def _print_evaluation(result: dict[str, Any]) -> None:
 def _pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pipeline import storage
-    from pipeline.pack import pack_images
+    from pipeline.archive import storage
+    from pipeline.archive.pack import pack_images
 
     storage.configure(args.s3_endpoint_url)
     with tqdm(unit="shard") as bar:
@@ -215,7 +215,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     import models
     from flows.colorize import colorize_archive
-    from pipeline.pack import pack_images
+    from pipeline.archive.pack import pack_images
 
     out = Path(args.out)
     photos = out / "photos"
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="select the photographic cut-outs of an unpacked tuxpaint-stamps-default",
         description="Write the photographic stamps under ROOT (the package unpacked with "
         "dpkg-deb -x) to OUT as RGBA PNGs, with OUT/stamps.tsv recording each one's path and "
-        "licence (GPL-2.0). The rule is in pipeline/stamps.py. `make stamp-corpus "
+        "licence (GPL-2.0). The rule is in pipeline/training/stamps.py. `make stamp-corpus "
         "STAMPS=OUT` downloads, unpacks and selects in one command.",
     )
     st.add_argument("root", help="folder the .deb was unpacked into")
@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--degrade",
         action="store_true",
         help="score the old-print versions of the photos (faded, soft, grain, dust, JPEG 45: "
-        "pipeline/degrade.py OLD_PRINT) against their clean colours",
+        "pipeline/imaging/degrade.py OLD_PRINT) against their clean colours",
     )
     ev.set_defaults(func=_evaluate)
 
@@ -560,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from flows.colorize import ConfigError
-    from pipeline.shards import SourceError
+    from pipeline.archive.shards import SourceError
 
     args = build_parser().parse_args(argv)
     try:

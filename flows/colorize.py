@@ -23,11 +23,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 import models
-from pipeline import gallery, manifest, report, storage
-from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.runner import ActorPool, ActorSpec, ensure_ray, run_shards
-from pipeline.shards import ColumnNames, Shard, check_columns, list_shards
-from pipeline.worker import ColorizeOptions, model_id, resolve_model
+from pipeline.archive import manifest, storage
+from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shards
+from pipeline.colorize.runner import ActorPool, ActorSpec, ensure_ray, run_shards
+from pipeline.colorize.worker import ColorizeOptions, model_id, resolve_model
+from pipeline.imaging.images import DEFAULT_MAX_PIXELS
+from pipeline.review import gallery, report
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,7 @@ class Plan:
     todo: list[Shard]
     skipped: list[str]
     model_path: str
-    settings: dict[str, Any]  # DEST's manifest's (pipeline/manifest.py): this run's
+    settings: dict[str, Any]  # DEST's manifest's (pipeline/archive/manifest.py): this run's
 
 
 def check_model(model: str) -> str:

@@ -22,10 +22,10 @@ import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
 from flows.train import train_model
-from pipeline import storage
-from pipeline.crossval import crossval_markdown, fold_figures, summarise
-from pipeline.pack import pack_images
-from pipeline.shards import SourceError
+from pipeline.archive import storage
+from pipeline.archive.pack import pack_images
+from pipeline.archive.shards import SourceError
+from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
 
 
 def packed_archive(source: str, out: str) -> str:

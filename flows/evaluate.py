@@ -10,17 +10,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.colorize import ConfigError, check_model
-from pipeline import storage
-from pipeline.evaluate import (
+from pipeline.archive import storage
+from pipeline.archive.shards import ColumnNames, SourceError, list_shards
+from pipeline.colorize.runner import ensure_ray
+from pipeline.training.config import check_fold
+from pipeline.training.evaluate import (
     SPLITS,
     evaluate_shard,
     evaluation_markdown,
     merge_evaluations,
     write_evaluation,
 )
-from pipeline.runner import ensure_ray
-from pipeline.shards import ColumnNames, SourceError, list_shards
-from pipeline.training import check_fold
 
 
 @task(cache_policy=NO_CACHE)

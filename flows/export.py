@@ -1,5 +1,5 @@
-"""Prefect flow: export a colorized archive as image files (pipeline/export.py), one Ray task
-per committed shard; re-runs skip the shards already exported and unchanged."""
+"""Prefect flow: export a colorized archive as image files (pipeline/archive/export.py), one
+Ray task per committed shard; re-runs skip the shards already exported and unchanged."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.colorize import ConfigError
-from pipeline import storage
-from pipeline.export import ERRORS_CSV, check_destination, errors_csv, export_shard
-from pipeline.report import load_committed_stats, models_present
-from pipeline.runner import ensure_ray
+from pipeline.archive import storage
+from pipeline.archive.export import ERRORS_CSV, check_destination, errors_csv, export_shard
+from pipeline.colorize.runner import ensure_ray
+from pipeline.review.report import load_committed_stats, models_present
 
 
 def run_source(dest: str) -> str | None:

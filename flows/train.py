@@ -33,17 +33,16 @@ from prefect.cache_policies import NO_CACHE
 import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
-from pipeline import report, storage
-from pipeline.artifact import artifact_from_files
-from pipeline.evaluate import evaluation_markdown
-from pipeline.pack import pack_images
-from pipeline.prepared import prepare
-from pipeline.runner import ensure_ray
-from pipeline.shards import SourceError, parquet_schema
-from pipeline.training import (
+from pipeline.archive import storage
+from pipeline.archive.pack import pack_images
+from pipeline.archive.shards import SourceError, parquet_schema
+from pipeline.colorize.runner import ensure_ray
+from pipeline.review import report
+from pipeline.review.artifact import artifact_from_files
+from pipeline.training.config import TrainConfig
+from pipeline.training.evaluate import evaluation_markdown
+from pipeline.training.loop import (
     PROGRESS,
-    SELECT,
-    TrainConfig,
     final_colorizer,
     fit,
     loss_history,
@@ -51,6 +50,8 @@ from pipeline.training import (
     prior_of,
     validation_curve,
 )
+from pipeline.training.prepared import prepare
+from pipeline.training.validation import SELECT
 
 
 def code_version() -> str:

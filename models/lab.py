@@ -4,7 +4,7 @@ Channels are at dim -3: (..., 3, H, W). RGB is float in [0, 1]; L in [0, 100], a
 in [-110, 110]. The constants and the clipping on the way back follow
 `skimage.color.rgb2lab / lab2rgb` so that results agree with it to float32 precision.
 This lives in `models` because the ab bins are derived from the sRGB gamut; the pipeline
-re-exports it as `pipeline.color`.
+re-exports it as `pipeline.imaging.color`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,2 @@
+"""The data path, in packages whose imports run one way (see docs/architecture.md):
+`imaging` <- `archive` <- `colorize` <- `review` <- `training`."""

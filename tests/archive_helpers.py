@@ -72,7 +72,7 @@ def read_output(dest: Path) -> list[dict]:
 def jpeg_with_empty_iptc(array: np.ndarray, size: int | None = 160) -> bytes:
     """A real photo as JPEG whose IPTC block (Photoshop APP13) holds an empty dataset beside a
     normal one: Pillow reads the empty one's value as None."""
-    from pipeline.images import _photoshop_iptc_segment
+    from pipeline.imaging.images import _photoshop_iptc_segment
 
     records = bytes((0x1C, 2, 120, 0, 0))  # caption, zero length
     records += bytes((0x1C, 2, 5)) + (5).to_bytes(2, "big") + b"title"
@@ -146,7 +146,7 @@ class Gate:
 def freeze_with_gate(source: Path, dest: Path, gated: str, shard_size: int = 1) -> Gate:
     """Freeze SOURCE's file listing into DEST (as a first run does), then make the file
     `gated` a Gate. Returns the gate."""
-    from pipeline.shards import list_shards
+    from pipeline.archive.shards import list_shards
 
     list_shards(str(source), str(dest), shard_size)
     return Gate(source / gated, (source / gated).read_bytes())

@@ -20,7 +20,7 @@ from PIL import Image
 
 import models
 from flows.colorize import ConfigError, colorize_archive
-from pipeline.pack import pack_images
+from pipeline.archive.pack import pack_images
 from tests.archive_helpers import freeze_with_gate, make_image_folder, read_output
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.artifact import artifact_markdown, data_uri
+from pipeline.review.artifact import artifact_markdown, data_uri
 from tests.test_deploy import BIN, background, base_env, free_port, run, wait_http
 from tests.test_gallery import browser  # noqa: F401 - the shared headless Chromium fixture
 

@@ -16,8 +16,8 @@ from PIL import Image
 from skimage import data
 
 from flows import cli
-from pipeline.images import decode_image
-from pipeline.metrics import downscale, psnr, unit_float
+from pipeline.imaging.images import decode_image
+from pipeline.imaging.metrics import downscale, psnr, unit_float
 from tests.archive_helpers import jpeg, read_output
 from tests.test_archive import ray_local, small_model  # noqa: F401 - shared fixtures
 

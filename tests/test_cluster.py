@@ -19,7 +19,7 @@ import pytest
 from skimage import data
 
 import models
-from pipeline.runner import node_threads, plan_slots
+from pipeline.colorize.runner import node_threads, plan_slots
 from tests.archive_helpers import freeze_with_gate, jpeg
 from tests.test_deploy import BIN, ROOT, background, base_env, free_port
 

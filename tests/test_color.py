@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage import color
 
-from pipeline.color import gray_to_lightness, lab_to_rgb, rgb_to_lab
+from pipeline.imaging.color import gray_to_lightness, lab_to_rgb, rgb_to_lab
 
 
 def _to_t(hwc: np.ndarray) -> torch.Tensor:

@@ -5,8 +5,8 @@ from skimage import color
 from skimage.color import colorconv
 
 from models import build
-from pipeline.colorize import colorize_images, colorize_lightness, finish, predict_low_ab
-from pipeline.images import decode_pil
+from pipeline.colorize.predict import colorize_images, colorize_lightness, finish, predict_low_ab
+from pipeline.imaging.images import decode_pil
 
 # The output keeps the input's L exactly, up to the rounding of its RGB to integers. Rounding
 # moves each channel by at most half a level (0.5/255, 0.5/65535); the largest change of L that

@@ -10,10 +10,12 @@ import torch
 from skimage import data
 
 from flows import cli
-from pipeline.color import rgb_to_lab
-from pipeline.crossval import fold_figures, summarise
-from pipeline.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
-from pipeline.training import TrainConfig, check_fold, degraded_input, split_of
+from pipeline.imaging.color import rgb_to_lab
+from pipeline.imaging.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
+from pipeline.training.config import TrainConfig, check_fold
+from pipeline.training.crossval import fold_figures, summarise
+from pipeline.training.prepared import split_of
+from pipeline.training.stream import degraded_input
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 from tests.test_training import tiny_archive
 

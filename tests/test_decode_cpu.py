@@ -5,7 +5,7 @@ import torch
 
 import models
 from models.decode import annealed_mean_from_logits, uncertainty
-from pipeline.decode_cpu import decode
+from pipeline.imaging.decode_cpu import decode
 
 
 @pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])

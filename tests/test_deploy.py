@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import models
-from pipeline.pack import pack_images
+from pipeline.archive.pack import pack_images
 from tests.archive_helpers import make_image_folder
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,8 @@ from skimage import color, data
 from flows import cli
 from flows.colorize import ConfigError, colorize_archive
 from flows.export import export_archive
-from pipeline import storage
-from pipeline.export import UnsafePath, safe_relative_path, target
+from pipeline.archive import storage
+from pipeline.archive.export import UnsafePath, safe_relative_path, target
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 from tests.test_colorize import L_TOLERANCE
 

@@ -27,10 +27,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from flows.colorize import colorize_archive
-from pipeline import storage
-from pipeline.gallery import ERROR_CHARS, ITEM_FIELDS, PAGE_SIZE, write_gallery
-from pipeline.shards import OUTPUT_SCHEMA
-from pipeline.stats import ShardStats
+from pipeline.archive import storage
+from pipeline.archive.shards import OUTPUT_SCHEMA
+from pipeline.archive.stats import ShardStats
+from pipeline.review.gallery import ERROR_CHARS, ITEM_FIELDS, PAGE_SIZE, write_gallery
 from tests.archive_helpers import make_image_folder
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 
@@ -354,7 +354,9 @@ def test_page_pager_and_hostile_error_text(handmade, browser) -> None:
     dest, rows = handmade
     write_gallery(str(dest))
     _open(browser, dest)
-    assert _severe(browser) == []  # its JS (pipeline/gallery_files/gallery.js) parsed and ran
+    assert (
+        _severe(browser) == []
+    )  # its JS (pipeline/review/gallery_files/gallery.js) parsed and ran
     assert len(_cards(browser)) == PAGE_SIZE
     assert browser.find_element("id", "page-info").text == "page 1 of 2"
     assert not browser.find_element("id", "prev").is_enabled()

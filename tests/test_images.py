@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, IptcImagePlugin, TiffImagePlugin
 from skimage import color
 
-from pipeline.images import ImageError, decode_image, encode_image
+from pipeline.imaging.images import ImageError, decode_image, encode_image
 
 
 def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

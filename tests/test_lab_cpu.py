@@ -6,8 +6,8 @@ import torch
 from skimage import color, data
 
 from models.lab import lab_to_rgb as torch_lab_to_rgb
-from pipeline import lab_cpu
-from pipeline.colorize import upsample_ab
+from pipeline.colorize.predict import upsample_ab
+from pipeline.imaging import lab_cpu
 
 
 def _all_8bit_colours() -> np.ndarray:
@@ -78,8 +78,8 @@ def test_any_beyond_finds_colour_anywhere() -> None:
 def test_join_lab_sums_its_output_for_the_colourfulness() -> None:
     """8-bit output: the opponent sums taken row by row in the join equal those of the finished
     pixels (numpy in int64), and `finish` turns them into the output's colourfulness."""
-    from pipeline.colorize import finish
-    from pipeline.metrics import colourfulness
+    from pipeline.colorize.predict import finish
+    from pipeline.imaging.metrics import colourfulness
 
     rng = np.random.default_rng(3)
     lightness = rng.uniform(0, 100, (100, 130)).astype(np.float32)

@@ -16,8 +16,8 @@ from skimage import data
 import models
 from flows import cli
 from flows.colorize import ConfigError, colorize_archive
-from pipeline.manifest import MANIFEST
-from pipeline.worker import model_id
+from pipeline.archive.manifest import MANIFEST
+from pipeline.colorize.worker import model_id
 from tests.archive_helpers import (
     jpeg_with_empty_iptc,
     make_image_folder,

@@ -22,7 +22,7 @@ from PIL import Image, ImageCms, TiffImagePlugin
 from PIL.TiffImagePlugin import IFDRational
 from skimage import data
 
-from pipeline.images import (
+from pipeline.imaging.images import (
     KIND_OF_KEY,
     _photoshop_iptc_segment,
     _png_iptc_text,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import (
+from pipeline.imaging.metrics import (
     auc,
     colourfulness,
     image_metrics,
@@ -92,7 +92,7 @@ def test_metrics_on_a_downscaled_copy(photos):
     assert small["auc"] == 1.0 and small["ssim"] == pytest.approx(1.0)
     assert small["colorfulness"] == pytest.approx(full["colorfulness"], rel=0.05)
     # on a real photo (smooth colour), the gray baseline scores about the same either way
-    from pipeline.color import rgb_to_lab
+    from pipeline.imaging.color import rgb_to_lab
 
     true_ab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).float())[1:].numpy()
     gray = np.full_like(rgb, 0.5)
@@ -136,7 +136,7 @@ def test_nearest_bins_as_the_models_find_them() -> None:
 
 
 def test_spearman_of_uncertainty_against_error_on_known_pairs() -> None:
-    from pipeline.evaluate import uncertainty_vs_error
+    from pipeline.training.evaluate import uncertainty_vs_error
 
     rising = [(0.1, 2.0), (0.2, 3.0), (0.3, 10.0), (0.4, 11.0), (0.9, 40.0)]
     result = uncertainty_vs_error(rising)

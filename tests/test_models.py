@@ -312,10 +312,10 @@ def test_the_shipped_default_beats_gray_on_bundled_photos(photos):
     """Photos it never saw (scikit-image's), colorized through the archive job's code path."""
     from PIL import Image
 
-    from pipeline.colorize import colorize_lightness
-    from pipeline.evaluate import gray_baseline
-    from pipeline.images import decode_pil
-    from pipeline.metrics import image_metrics
+    from pipeline.colorize.predict import colorize_lightness
+    from pipeline.imaging.images import decode_pil
+    from pipeline.imaging.metrics import image_metrics
+    from pipeline.training.evaluate import gray_baseline
 
     model = models.load("default")
     decoded = [decode_pil(Image.fromarray(p)) for p in photos.values()]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import decode_pil, encode_image
-from pipeline.lab_cpu import join_lab
-from pipeline.previews import SIZES, previews
-from pipeline.resize_cpu import shrink
+from pipeline.colorize.previews import SIZES, previews
+from pipeline.imaging.images import decode_pil, encode_image
+from pipeline.imaging.lab_cpu import join_lab
+from pipeline.imaging.resize_cpu import shrink
 
 
 def _as_output(photo: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, ...]:

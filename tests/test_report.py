@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import storage
-from pipeline.report import (
+from pipeline.archive import storage
+from pipeline.archive.stats import HIST_BINS, ShardStats
+from pipeline.review.report import (
     PANEL_HEIGHT,
     PANEL_WIDTH,
     SHEET_HEADER,
@@ -25,7 +26,6 @@ from pipeline.report import (
     write_report,
     write_run_report,
 )
-from pipeline.stats import HIST_BINS, ShardStats
 
 
 def _shards() -> list[ShardStats]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.resize_cpu import shrink
+from pipeline.imaging.resize_cpu import shrink
 
 
 @pytest.mark.parametrize(

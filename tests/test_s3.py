@@ -12,8 +12,8 @@ import pytest
 
 import models
 from flows.colorize import colorize_archive
-from pipeline import storage
-from pipeline.pack import pack_images
+from pipeline.archive import storage
+from pipeline.archive.pack import pack_images
 from tests.archive_helpers import make_image_folder
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 

@@ -15,7 +15,7 @@ import pytest
 from skimage import data
 
 from flows.colorize import colorize_archive
-from pipeline import storage
+from pipeline.archive import storage
 from tests.archive_helpers import jpeg
 from tests.s3_faults import FaultProxy
 from tests.test_archive import ray_local, small_model  # noqa: F401 - shared fixtures
@@ -105,7 +105,7 @@ def test_an_outage_after_the_first_commit(proxy, s3_server, ray_local, small_mod
         return method == "PUT" and "/out/_stats/" in path
 
     # from the first shard's commit on, the network is dead for the next 7 requests, whoever
-    # sends them: every call may try 8 times (pipeline/storage.py), so the run rides it out
+    # sends them: every call may try 8 times (pipeline/archive/storage.py), so the run rides it out
     dropped = 7
     proxy.outage_after(first_commit, dropped)
     result = _run(bucket, proxy, small_model)

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image, ImageDraw
 from skimage import data
 
-from pipeline.stamps import STAMPS_DIR, is_photographic, paste_stamp, select_stamps
-from pipeline.training import TrainConfig, make_crop
+from pipeline.training.config import TrainConfig
+from pipeline.training.stamps import STAMPS_DIR, is_photographic, paste_stamp, select_stamps
+from pipeline.training.stream import make_crop
 
 
 def photo_cutout() -> np.ndarray:

@@ -25,21 +25,19 @@ import models
 from flows import cli
 from flows.train import train_model
 from models.bins import nearest_bin
-from pipeline import storage
-from pipeline.evaluate import gray_baseline
-from pipeline.metrics import image_metrics
-from pipeline.prepared import PrepareSettings, prepare, prepare_shard
-from pipeline.stream import Loader, Position, make_crop, samples
-from pipeline.training import (
-    TrainConfig,
-    ab_targets,
+from pipeline.archive import storage
+from pipeline.imaging.metrics import image_metrics
+from pipeline.training.config import TrainConfig
+from pipeline.training.evaluate import gray_baseline
+from pipeline.training.loop import (
     load_state,
     make_optimizer,
     prepare_settings,
     save_state,
-    split_of,
     train_step,
 )
+from pipeline.training.prepared import PrepareSettings, ab_targets, prepare, prepare_shard, split_of
+from pipeline.training.stream import Loader, Position, make_crop, samples
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 
 pytestmark = pytest.mark.slow
@@ -121,7 +119,7 @@ def test_prior_from_a_known_tiny_set(tmp_path, ray_local):  # noqa: F811
     per_image = (72 // 4) ** 2
     assert counts[i_red] == 3 * per_image and counts[i_blue] == per_image
     assert counts.sum() == 4 * per_image
-    from pipeline.training import prior_of
+    from pipeline.training.loop import prior_of
 
     prior = prior_of(counts, config)
     assert prior[i_red] > prior[i_blue] > 0 and prior.sum().item() == pytest.approx(1.0)
@@ -182,7 +180,7 @@ def _local_prepared(tmp_path: Path, n: int = 40, rows: int = 4) -> list:
     settings = PrepareSettings(prepared=72, val_fraction=0.0, fold=0, rows_per_group=rows)
     root = str(tmp_path / "prep")
     prepare_shard(str(src / "part-00000.parquet"), root, "shard-00000", settings)
-    from pipeline.prepared import load
+    from pipeline.training.prepared import load
 
     return load(root, ["shard-00000"], "test").blocks["train"]
 
@@ -262,7 +260,7 @@ def test_train_step_decreases_the_loss_on_a_fixed_batch():
 
 def test_perfect_and_gray_predictors_score_as_expected(photos):
     rgb = photos["coffee"] / 255.0
-    from pipeline.color import rgb_to_lab
+    from pipeline.imaging.color import rgb_to_lab
 
     lab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).float()).numpy()
     centers, prior = models.gamut_bin_centers(), torch.full((261,), 1 / 261)

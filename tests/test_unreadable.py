@@ -11,7 +11,7 @@ from skimage import data
 
 import models
 from flows.evaluate import evaluate_model
-from pipeline.training import prepare_photo
+from pipeline.training.loop import prepare_photo
 from tests.archive_helpers import jpeg, jpeg_with_empty_iptc
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
 

@@ -15,8 +15,8 @@ from pathlib import PurePosixPath
 import pyarrow as pa
 from PIL import Image
 
-from pipeline import storage
-from pipeline.shards import IMAGE_SUFFIXES, ShardWriter, SourceError
+from pipeline.archive import storage
+from pipeline.archive.shards import IMAGE_SUFFIXES, ShardWriter, SourceError
 
 PACK_SCHEMA = pa.schema(
     [

@@ -32,10 +32,10 @@ from PIL import Image
 
 from models.bins import gamut_bin_centers
 from models.targets import bin_histogram
-from pipeline import storage
-from pipeline.color import rgb_to_lab
-from pipeline.images import decode_image
-from pipeline.shards import ShardWriter, image_bytes_column
+from pipeline.archive import storage
+from pipeline.archive.shards import ShardWriter, image_bytes_column
+from pipeline.imaging.color import rgb_to_lab
+from pipeline.imaging.images import decode_image
 
 FORMAT_VERSION = 1
 ROWS_PER_GROUP = 32  # photos per block (Parquet row group): what an epoch permutes

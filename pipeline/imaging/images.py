@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, IptcImagePlugin
 
-from pipeline.color import gray_to_lightness
-from pipeline.lab_cpu import any_beyond, levels_to_lightness, rgb8_to_lab, rgbx_of
+from pipeline.imaging.color import gray_to_lightness
+from pipeline.imaging.lab_cpu import any_beyond, levels_to_lightness, rgb8_to_lab, rgbx_of
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit (~13k x 13k)
 GRAY_TOLERANCE = 2.0  # max |a|, |b| for an RGB file to count as a gray scan stored in colour

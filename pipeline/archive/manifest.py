@@ -26,8 +26,8 @@ import time
 from importlib import metadata
 from typing import Any
 
-from pipeline import storage
-from pipeline.stats import ShardStats
+from pipeline.archive import storage
+from pipeline.archive.stats import ShardStats
 
 MANIFEST = "_manifest.json"
 # compared settings, in the order a message lists them, and the option that sets each

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models import Colorizer
-from pipeline import decode_cpu
-from pipeline.color import lab_to_rgb
-from pipeline.images import decode_pil, rgb_to_pil
-from pipeline.lab_cpu import join_lab
-from pipeline.metrics import colourfulness_of_sums
-from pipeline.resize_cpu import shrink
+from pipeline.imaging import decode_cpu
+from pipeline.imaging.color import lab_to_rgb
+from pipeline.imaging.images import decode_pil, rgb_to_pil
+from pipeline.imaging.lab_cpu import join_lab
+from pipeline.imaging.metrics import colourfulness_of_sums
+from pipeline.imaging.resize_cpu import shrink
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

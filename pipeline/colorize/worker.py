@@ -26,20 +26,8 @@ import torch
 from PIL import Image
 
 import models
-from pipeline import manifest, storage
-from pipeline.colorize import PRECISIONS, finish, predict_low, predict_working, working_batch
-from pipeline.images import (
-    DEFAULT_MAX_PIXELS,
-    Decoded,
-    ImageError,
-    decode_image,
-    encode_image,
-    rgb_to_pil,
-)
-from pipeline.metrics import image_metrics
-from pipeline.previews import gray_and_colour, previews, write_previews
-from pipeline.report import sample_pair, sample_strip
-from pipeline.shards import (
+from pipeline.archive import manifest, storage
+from pipeline.archive.shards import (
     OUTPUT_SCHEMA,
     ColumnNames,
     RowBatch,
@@ -47,7 +35,30 @@ from pipeline.shards import (
     ShardWriter,
     read_batches,
 )
-from pipeline.stats import ShardStats
+from pipeline.archive.stats import ShardStats
+from pipeline.colorize.predict import (
+    PRECISIONS,
+    finish,
+    predict_low,
+    predict_working,
+    working_batch,
+)
+from pipeline.colorize.previews import (
+    gray_and_colour,
+    previews,
+    sample_pair,
+    sample_strip,
+    write_previews,
+)
+from pipeline.imaging.images import (
+    DEFAULT_MAX_PIXELS,
+    Decoded,
+    ImageError,
+    decode_image,
+    encode_image,
+    rgb_to_pil,
+)
+from pipeline.imaging.metrics import image_metrics
 
 # Set in each worker process before torch loads (Ray's runtime_env): idle OpenMP threads sleep
 # rather than spin. The per-image work runs in our own threads beside torch's; spinning ones

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import storage
-from pipeline.images import encode_image, read_metadata
-from pipeline.shards import STATS_DIR
+from pipeline.archive import storage
+from pipeline.archive.shards import STATS_DIR
+from pipeline.imaging.images import encode_image, read_metadata
 
 MARKERS_DIR = "_export"
 ERRORS_CSV = "_errors.csv"

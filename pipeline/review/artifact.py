@@ -54,7 +54,7 @@ def artifact_from_files(
 ) -> str:
     """`artifact_markdown` with the figures read from storage ({name in markdown: URI}); run
     as a Ray task so that their pixels stay out of the flow."""
-    from pipeline import storage
+    from pipeline.archive import storage
 
     storage.configure(s3_endpoint_url)
     read = {name: storage.read_bytes(uri) for name, uri in figures.items() if storage.exists(uri)}

@@ -1,7 +1,8 @@
 """The prepared shards streamed to one training worker, at a position a checkpoint can hold.
 
-Epoch e is a permutation of all blocks (row groups of the prepared shards, `pipeline.prepared`)
-seeded by (seed, e), the same on every rank; rank r takes every world-th block of it. A rank
+Epoch e is a permutation of all blocks (row groups of the prepared shards,
+`pipeline.training.prepared`) seeded by (seed, e), the same on every rank; rank r takes every
+world-th block of it. A rank
 reads its blocks `shuffle_blocks` at a time (a window: the bounded shuffle buffer) and yields
 the window's photos in an order seeded by (seed, e, r, window). The data position (epoch,
 window, offset in the window) says everything needed to go on: a resumed worker re-reads that
@@ -22,19 +23,17 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from pipeline.degrade import degrade_lightness, random_old_print
-from pipeline.prepared import Block, ab_targets, decode_square, read_block
-from pipeline.stamps import paste_stamp
-
-if TYPE_CHECKING:
-    from pipeline.training import TrainConfig
+from pipeline.imaging.degrade import degrade_lightness, random_old_print
+from pipeline.training.config import TrainConfig
+from pipeline.training.prepared import Block, ab_targets, decode_square, read_block
+from pipeline.training.stamps import paste_stamp
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.shards import Shard
-from pipeline.worker import WORKER_ENV, ColorizeOptions, ShardColorizer
+from pipeline.archive.shards import Shard
+from pipeline.colorize.worker import WORKER_ENV, ColorizeOptions, ShardColorizer
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "colorizer-{run}-{index}"  # unique per run: runs may share a cluster

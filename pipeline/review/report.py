@@ -16,9 +16,9 @@ from typing import Any, TypeAlias
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import storage
-from pipeline.artifact import artifact_markdown
-from pipeline.stats import METRIC_RANGES, MetricSummary, ShardStats, hist_edges
+from pipeline.archive import storage
+from pipeline.archive.stats import METRIC_RANGES, MetricSummary, ShardStats, hist_edges
+from pipeline.review.artifact import artifact_markdown
 
 PANEL_WIDTH = 320
 PANEL_HEIGHT = 200
@@ -77,7 +77,7 @@ def merge_stats(stats: list[ShardStats]) -> dict[str, Any]:
 
 def models_present(stats: list[ShardStats]) -> dict[str, dict[str, int]]:
     """Every model that made committed shards: {model id: {"shards", "images"}}. One archive,
-    one model: more than one entry means DEST mixes outputs (see pipeline/manifest.py)."""
+    one model: more than one entry means DEST mixes outputs (see pipeline/archive/manifest.py)."""
     found: dict[str, dict[str, int]] = {}
     for s in stats:
         entry = found.setdefault(s.model or "unknown", {"shards": 0, "images": 0})
@@ -469,34 +469,6 @@ def write_run_report(
          "review gallery (open in a browser)": storage.join(dest, "gallery", "index.html")},
     )  # fmt: skip
     return {"report": report, "markdown": markdown, "artifact": artifact, "files": files}
-
-
-SAMPLE_HEIGHT = 128
-
-
-def sample_pair(gray: Image.Image, colour: Image.Image) -> Image.Image:
-    """gray input | colour output (`previews.gray_and_colour`), SAMPLE_HEIGHT tall: one cell of
-    the contact sheet."""
-    width = max(1, round(gray.width * SAMPLE_HEIGHT / gray.height))
-    pair = Image.new("RGB", (2 * width, SAMPLE_HEIGHT), "white")
-    size, lanczos = (width, SAMPLE_HEIGHT), Image.Resampling.LANCZOS
-    pair.paste(gray.resize(size, lanczos, reducing_gap=1.5).convert("RGB"), (0, 0))
-    pair.paste(colour.resize(size, lanczos, reducing_gap=1.5), (width, 0))
-    return pair
-
-
-def sample_strip(pairs: list[Image.Image]) -> bytes:
-    """Pairs side by side as one PNG strip (a row of the contact sheet)."""
-    gap = 8
-    width = sum(p.width for p in pairs) + gap * (len(pairs) - 1)
-    strip = Image.new("RGB", (width, SAMPLE_HEIGHT), "white")
-    x = 0
-    for p in pairs:
-        strip.paste(p, (x, 0))
-        x += p.width + gap
-    buf = io.BytesIO()  # photos barely deflate: level 1 is 5x faster than _png, 7% larger
-    strip.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def loss_curve(

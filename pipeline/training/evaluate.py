@@ -17,19 +17,19 @@ import torch
 from PIL import Image
 
 import models
-from pipeline import storage
-from pipeline.artifact import artifact_markdown
-from pipeline.color import lab_to_rgb
-from pipeline.colorize import finish, predict_low
-from pipeline.degrade import OLD_PRINT, degrade_lightness
-from pipeline.images import Decoded, decode_image
-from pipeline.metrics import image_metrics
-from pipeline.previews import gray_and_colour
-from pipeline.report import contact_sheet, sample_pair, sample_strip
-from pipeline.shards import ColumnNames, Shard, read_batches
-from pipeline.stats import MetricSummary, ShardStats
-from pipeline.training import split_of
-from pipeline.worker import resolve_model
+from pipeline.archive import storage
+from pipeline.archive.shards import ColumnNames, Shard, read_batches
+from pipeline.archive.stats import MetricSummary, ShardStats
+from pipeline.colorize.predict import finish, predict_low
+from pipeline.colorize.previews import gray_and_colour, sample_pair, sample_strip
+from pipeline.colorize.worker import resolve_model
+from pipeline.imaging.color import lab_to_rgb
+from pipeline.imaging.degrade import OLD_PRINT, degrade_lightness
+from pipeline.imaging.images import Decoded, decode_image
+from pipeline.imaging.metrics import image_metrics
+from pipeline.review.artifact import artifact_markdown
+from pipeline.review.report import contact_sheet
+from pipeline.training.prepared import split_of
 
 SPLITS = ("val", "train", "all")
 

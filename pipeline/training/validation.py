@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 import models
-from pipeline.colorize import finish, predict_low
-from pipeline.images import decode_image
-from pipeline.metrics import image_metrics
-from pipeline.prepared import Block, read_block
+from pipeline.colorize.predict import finish, predict_low
+from pipeline.imaging.images import decode_image
+from pipeline.imaging.metrics import image_metrics
+from pipeline.training.prepared import Block, read_block
 
 SELECT = "auc_rebalanced"  # the metric the best checkpoint is chosen by (as the card's first)
 

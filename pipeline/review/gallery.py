@@ -7,7 +7,7 @@ callback (JSONP style) and is loaded by adding a <script> tag. The views a perso
 (input order, most uncertain first, lowest colourfulness first; all rows or errors only) are
 precomputed in pages of PAGE_SIZE items, so a 100,000-image archive opens as fast as a small
 one: the browser only ever loads one page. The images are the workers' previews
-(pipeline/previews.py), linked by relative URL; this module reads only the light columns of
+(pipeline/colorize/previews.py), linked by relative URL; this module reads only the light columns of
 the output shards, never an image.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.previews import GALLERY_DIR
-from pipeline.report import load_committed_stats, merge_stats, models_line, models_present
-from pipeline.stats import ShardStats
+from pipeline.archive import storage
+from pipeline.archive.stats import ShardStats
+from pipeline.colorize.previews import GALLERY_DIR
+from pipeline.review.report import load_committed_stats, merge_stats, models_line, models_present
 
 PAGE_SIZE = 200
 DATA_DIR = "data"
@@ -213,9 +213,9 @@ def _remove_stale(data_dir: str, keep: Iterable[str]) -> None:
 
 
 def page_asset(name: str) -> str:
-    """One of the page's own files (pipeline/gallery_files/: index.html, gallery.css,
+    """One of the page's own files (pipeline/review/gallery_files/: index.html, gallery.css,
     gallery.js), shipped as package data."""
-    return resources.files("pipeline").joinpath("gallery_files", name).read_text("utf-8")
+    return resources.files("pipeline.review").joinpath("gallery_files", name).read_text("utf-8")
 
 
 def index_html(build: str) -> str:

@@ -18,8 +18,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from models.bins import GRID
-from pipeline.lab_cpu import opponent_sums, rgbx_of
-from pipeline.resize_cpu import shrink
+from pipeline.imaging.lab_cpu import opponent_sums, rgbx_of
+from pipeline.imaging.resize_cpu import shrink
 
 AUC_THRESHOLDS = np.arange(0, 151, dtype=np.float64)
 

@@ -1,0 +1,3 @@
+"""The run: inference on a batch (predict), each image's previews and the shard's strip,
+the shard worker (a Ray actor's callable) and the distributor over the cluster.
+Imports `pipeline.imaging` and `pipeline.archive`."""
