@@ -423,6 +423,9 @@ def test_gallery_of_a_real_run_in_chromium(tmp_path: Path, ray_local, browser) -
     _open(browser, dest)
     header = [browser.find_element("id", f"n-{k}").text for k in ("images", "ok", "errors")]
     assert header == [str(result["images"]), str(result["ok"]), str(result["errors"])]
+    # one model: its line names it with its counts, and the shards are counted once
+    model_line = browser.find_element("id", "model").text
+    assert model_line.startswith("model default.safetensors@") and model_line.count("shards") == 1
     assert [c["id"] for c in _cards(browser)] == [r["id"] for r in rows]  # one card per row
     assert _assert_thumbnails_load(browser) == 2 * len(ok)
     for row in errors:  # error rows show their message, and no image

@@ -44,8 +44,10 @@ function galleryMeta(m) {
   $("n-images").textContent = m.images.toLocaleString("en");
   $("n-ok").textContent = m.ok.toLocaleString("en");
   $("n-errors").textContent = m.errors.toLocaleString("en");
-  $("model").textContent = (m.model ? "model " + m.model + " \u00b7 " : "") +
-    m.shards.toLocaleString("en") + " shards";
+  // one model's line already counts its shards; with several (or none), give the total too
+  var oneModel = m.models && Object.keys(m.models).length === 1;
+  $("model").textContent = oneModel ? "model " + m.model :
+    (m.model ? "models " + m.model + " \u00b7 " : "") + m.shards.toLocaleString("en") + " shards";
   $("footer").textContent = "Built " + m.generated + " from " + m.dest + ".";
   readHash();
   show();
