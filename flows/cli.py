@@ -96,7 +96,8 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
 
 RECIPE_OPTIONS = (
     "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
-    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "degrade", "stamps",
+    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "weight_decay", "dropout",
+    "degrade", "stamps",
     "paste", "workers", "checkpoint_every", "soft_k", "seed", "image_column", "id_column",
     "prepared_data", "val_every", "val_max_photos", "patience", "loader_threads",
 )  # fmt: skip
@@ -394,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.999,
         help="ship a moving average of the weights with this decay (default 0.999; 0: off)",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=1e-3,
+        help="Adam weight decay (L2) of the trained weights (default 1e-3)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="lite*: dropout before the classifier while training (default 0.1)",
     )
     recipe.add_argument(
         "--degrade",

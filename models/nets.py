@@ -146,6 +146,12 @@ class LiteColorNet(nn.Module):
         self.encoder.head.requires_grad_(count > 0)
         self.encoder.fc.requires_grad_(False)  # the ImageNet classes are never used
 
+    def set_dropout(self, rate: float) -> None:
+        """The classifier's dropout while training (inference never uses it)."""
+        dropout = self.classify[0]
+        assert isinstance(dropout, nn.Dropout2d)
+        dropout.p = rate
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
 

@@ -30,6 +30,7 @@ from pipeline.imaging.metrics import image_metrics
 from pipeline.training.config import TrainConfig
 from pipeline.training.evaluate import gray_baseline
 from pipeline.training.loop import (
+    init_net,
     load_state,
     make_optimizer,
     prepare_settings,
@@ -426,3 +427,16 @@ def test_train_flow_on_s3(tmp_path, s3_server, ray_local):  # noqa: F811
         assert storage.exists(f"s3://{bucket}/runs/r1/{key}"), key
     assert card["training"]["source"] == f"s3://{bucket}/photos"
     storage.configure(None)
+
+
+def test_dropout_and_weight_decay_options_reach_the_net_and_the_optimizer():
+    config = TrainConfig(arch="lite0-plain", dropout=0.3, weight_decay=0.05)
+    colorizer = models.build(config.arch)
+    init_net(colorizer, config)
+    rates = [m.p for m in colorizer.net.modules() if isinstance(m, torch.nn.Dropout2d)]
+    assert rates == [0.3]
+    optimizer = make_optimizer(colorizer.net, config)
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.05}
+    for bad, fix in (({"dropout": 1.0}, "--dropout must be in"), ({"weight_decay": -1}, ">= 0")):
+        with pytest.raises(ValueError, match=fix):
+            TrainConfig(**bad).validate()  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # or "constant"
     warmup_steps: int = 50
     weight_decay: float = 1e-3
+    dropout: float = 0.1  # lite*: before the classifier (training only: weights do not carry it)
     betas: tuple[float, float] = (0.9, 0.99)
     soft_k: int = 5
     soft_sigma: float = 5.0
@@ -74,6 +75,10 @@ class TrainConfig:
             raise ValueError(f"--trainable-stages must be in 0..8, got {self.trainable_stages}")
         if self.trainable_stages and not self.arch.startswith("lite"):
             raise ValueError("--trainable-stages applies to the lite* architectures only")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.paste <= 1:

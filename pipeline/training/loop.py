@@ -186,6 +186,7 @@ def init_net(colorizer: models.Colorizer, config: TrainConfig) -> None:
     if isinstance(colorizer.net, LiteColorNet):
         colorizer.net.encoder.load_state_dict(imagenet_state(colorizer.net.encoder.variant))
         colorizer.net.set_trainable_stages(config.trainable_stages)
+        colorizer.net.set_dropout(config.dropout)
 
 
 def update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int) -> None:
