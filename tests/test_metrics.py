@@ -6,11 +6,13 @@ import torch
 
 from pipeline.imaging.metrics import (
     auc,
+    auc_by_true_bin,
     colourfulness,
     image_metrics,
     inverse_prior_weights,
     nearest_bins,
     psnr,
+    set_rebalanced_auc,
     ssim,
 )
 
@@ -55,6 +57,26 @@ def test_rebalanced_auc_weights_pixels():
     prior = torch.tensor([0.8, 0.2])
     w = inverse_prior_weights(truth, centers, prior)
     np.testing.assert_allclose(w, [[1 / 0.8, 1 / 0.2]], rtol=1e-6)
+
+
+def test_set_rebalanced_auc_weighs_pixels_by_the_whole_sets_colours():
+    from models.bins import gamut_bin_centers
+
+    centers = gamut_bin_centers()
+    rare = (60.0, 60.0)
+    # image 1: 100 pixels of the common colour, predicted exactly (pixel AuC 1)
+    truth_1 = np.zeros((2, 10, 10))
+    # image 2: 50 common pixels exact, 50 rare ones predicted 170 away (pixel AuC 0)
+    truth_2 = np.zeros((2, 10, 10))
+    truth_2[:, 5:] = np.array(rare)[:, None, None]
+    pred_2 = np.where(truth_2 == 60.0, -60.0, 0.0)
+    images = [auc_by_true_bin(truth_1, truth_1, centers), auc_by_true_bin(pred_2, truth_2, centers)]
+    assert images[1][0].sum() == 100 and math.isclose(images[1][1].sum(), 50.0)
+    assert math.isclose(auc(pred_2, truth_2), 0.5)  # unweighted, image 2 scores 0.5
+    # the set holds 150 common and 50 rare pixels: weights 200/150 and 200/50, so image 2
+    # scores (4/3 * 50) / (4/3 * 50 + 4 * 50) = 0.25 (rebalanced by its own pixels, 0.5)
+    assert math.isclose(set_rebalanced_auc(images), (1.0 + 0.25) / 2)
+    assert set_rebalanced_auc([images[0]]) == 1.0 and set_rebalanced_auc([]) is None
 
 
 def test_psnr_known_value_and_ssim_identity():

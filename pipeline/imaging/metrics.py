@@ -58,6 +58,33 @@ def auc_of_steps(steps: np.ndarray, pixel_weights: np.ndarray | None = None) -> 
     return float(within.mean())
 
 
+def auc_by_true_bin(
+    ab_pred: np.ndarray, ab_true: np.ndarray, centers: torch.Tensor, max_side: int = 0
+) -> np.ndarray:
+    """(2, Q) float64: per bin of the true ab, its pixel count and the sum of those pixels' own
+    AuC ((151 - step) / 151, so that count-weighted they give `auc`). Summed over a set, the
+    counts are the set's own ab frequencies, which `set_rebalanced_auc` weighs by."""
+    if max_side > 0 and max(ab_true.shape[1:]) > max_side:
+        ab_pred, ab_true = downscale(max_side, ab_pred, ab_true)
+    last = len(AUC_THRESHOLDS)
+    steps = error_steps(ab_pred, ab_true)
+    bins = nearest_bins(ab_true, centers.cpu().numpy()).ravel()
+    q = centers.shape[0]
+    pixel_auc = (last - steps) / last
+    return np.stack([np.bincount(bins, minlength=q), np.bincount(bins, pixel_auc, minlength=q)])
+
+
+def set_rebalanced_auc(per_image: list[np.ndarray]) -> float | None:
+    """Mean over the images of their AuC with each pixel weighted by 1 / (the frequency of its
+    true bin over the whole set): rebalanced by the set's own colours, as a scorer that knows
+    no model's prior does. `per_image`: `auc_by_true_bin` of each image, on the same bins."""
+    if not per_image:
+        return None
+    counts = np.sum([image[0] for image in per_image], axis=0)
+    weights = np.divide(counts.sum(), counts, out=np.zeros_like(counts), where=counts > 0)
+    return float(np.mean([(weights @ image[1]) / (weights @ image[0]) for image in per_image]))
+
+
 def inverse_prior_weights(
     ab_true: np.ndarray, centers: torch.Tensor, prior: torch.Tensor
 ) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 FIGURES = (
     ("rebalanced AuC - gray (points)", "auc_rebalanced", 100.0),
     ("raw AuC - gray (points)", "auc", 100.0),
+    ("set-rebalanced AuC - gray (points)", "auc_set_rebalanced", 100.0),
     ("PSNR - gray (dB)", "psnr", 1.0),
     ("SSIM - gray", "ssim", 1.0),
 )

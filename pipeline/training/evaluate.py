@@ -26,7 +26,7 @@ from pipeline.colorize.worker import resolve_model
 from pipeline.imaging.color import lab_to_rgb
 from pipeline.imaging.degrade import OLD_PRINT, degrade_lightness
 from pipeline.imaging.images import Decoded, decode_image
-from pipeline.imaging.metrics import image_metrics
+from pipeline.imaging.metrics import auc_by_true_bin, image_metrics, set_rebalanced_auc
 from pipeline.review.artifact import artifact_markdown
 from pipeline.review.report import contact_sheet
 from pipeline.training.prepared import split_of
@@ -79,6 +79,7 @@ def evaluate_shard(
     cols = columns or ColumnNames()
     pairs: list[Image.Image] = []
     doubt: list[tuple[float, float]] = []  # (uncertainty, mean ab error) per image
+    by_bin: dict[str, list[np.ndarray]] = {"model": [], "gray": []}  # auc_by_true_bin per image
     for batch in read_batches(shard, cols, batch_size):
         kept = []
         for row_id, load in zip(batch.ids, batch.loaders, strict=True):
@@ -109,6 +110,9 @@ def evaluate_shard(
                 pairs.append(sample_pair(*gray_and_colour(dec.lightness, rgb)))
             gray_rgb, gray_ab = gray_baseline(dec.lightness)
             for name, (p_rgb, p_ab) in (("model", (rgb, ab)), ("gray", (gray_rgb, gray_ab))):
+                by_bin[name].append(
+                    auc_by_true_bin(p_ab, dec.ab, colorizer.centers, metrics_max_side)
+                )
                 scored[name].add_ok(
                     image_metrics(
                         p_rgb,
@@ -129,11 +133,15 @@ def evaluate_shard(
         "gray": scored["gray"].to_json(),
         "skipped": skipped,
         "uncertainty_error": doubt,
+        "auc_by_true_bin": by_bin,
     }
 
 
 def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-shard evaluations -> {"images", "skipped", "metrics": {name: {"model", "gray"}}}."""
+    """Per-shard evaluations -> {"images", "skipped", "metrics": {name: {"model", "gray"}}}.
+
+    `auc_set_rebalanced` needs the whole set (its weights are the set's own ab frequencies),
+    so it is made here from every image's `auc_by_true_bin`, not averaged per shard."""
     merged: dict[str, dict[str, MetricSummary]] = {"model": {}, "gray": {}}
     skipped: dict[str, int] = {}
     images = 0
@@ -150,6 +158,11 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
         name: {who: merged[who][name].mean for who in ("model", "gray")}
         for name in sorted(merged["model"])
     }
+    if any(part.get("auc_by_true_bin", {}).get("model") for part in parts):
+        metrics["auc_set_rebalanced"] = {
+            who: set_rebalanced_auc([i for p in parts for i in p["auc_by_true_bin"][who]])
+            for who in ("model", "gray")
+        }
     pairs = [pair for part in parts for pair in part.get("uncertainty_error", [])]
     return {"images": images, "skipped": skipped, "metrics": metrics,
             "uncertainty": uncertainty_vs_error(pairs)}  # fmt: skip
