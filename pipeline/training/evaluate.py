@@ -104,7 +104,7 @@ def evaluate_shard(
         ab_low, uncertainty = predict_low(colorizer, [d.lightness for d in kept], temperature)
         for dec, ab_one, u in zip(kept, ab_low, uncertainty.tolist(), strict=True):
             rgb, ab, _ = finish(dec.lightness, ab_one)
-            assert ab is not None  # keep_ab
+            assert ab is not None and dec.ab is not None  # keep_ab; a colour photo
             doubt.append((u, float(np.hypot(*(ab - dec.ab)).mean())))
             if len(pairs) < samples:
                 pairs.append(sample_pair(*gray_and_colour(dec.lightness, rgb)))
