@@ -17,8 +17,9 @@ a decoder back to 1/4 resolution that joins the encoder's maps at strides 32, 16
 the same 1x1 classifier over Q ab bins. Two decoders: "context" (two convs a scale, dilated
 wide-context convs at 1/16 as the paper's blocks 5-6, and a global scene vector from the
 ImageNet head mixed in at the top) and "plain" (one conv a scale, fewer channels: less to
-fit when the training photos are few). The architecture's name is `<encoder>` for the
-context decoder, `<encoder>-plain` for the plain one.
+fit when the training photos are few; "slim" is it at half the channels). The architecture's
+name is `<encoder>` for the context decoder, `<encoder>-plain` or `<encoder>-slim` for the
+others.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class LiteColorNet(nn.Module):
     DECODERS: ClassVar[dict[str, tuple[int, ...]]] = {
         "context": (256, 128, 80, 48),
         "plain": (160, 112, 80, 64),
+        "slim": (80, 56, 40, 32),
     }
     CONTEXT = 128  # width of the global scene vector
 
@@ -129,7 +131,7 @@ class LiteColorNet(nn.Module):
             )
             self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8), *conv_bn_relu(d8, d8))  # 1/8
             self.up4 = nn.Sequential(*conv_bn_relu(d8 + c4, d4), *conv_bn_relu(d4, d4))  # 1/4
-        else:  # plain: one conv a scale
+        else:  # plain or slim: one conv a scale
             self.top = nn.Sequential(*conv_bn_relu(c32, d32))
             self.up16 = nn.Sequential(*conv_bn_relu(d32 + c16, d16))
             self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8))
@@ -186,6 +188,7 @@ LITE_ARCHITECTURES: dict[str, tuple[str, str]] = {  # name -> (encoder, decoder)
     "lite0-plain": ("lite0", "plain"),
     "lite2": ("lite2", "context"),
     "lite2-plain": ("lite2", "plain"),
+    "lite2-slim": ("lite2", "slim"),
 }
 ARCHITECTURES = (*ECCV16_WIDTHS, *LITE_ARCHITECTURES)
 

@@ -345,17 +345,18 @@ def test_uncertainty_is_zero_when_sure_and_one_when_uniform():
     assert doubt.shape == (2,) and ((doubt > 0) & (doubt < 1)).all()
 
 
-@pytest.mark.parametrize("arch", ["lite0-plain", "lite2", "lite2-plain"])
+@pytest.mark.parametrize("arch", ["lite0-plain", "lite2", "lite2-plain", "lite2-slim"])
 def test_every_lite_architecture_keeps_the_contract(arch):
     from models.efficientnet import feature_channels
 
     model = build(arch)
     encoder = arch.split("-")[0]
     assert model.net.encoder.variant == encoder
-    decoder = "plain" if arch.endswith("-plain") else "context"
+    decoder = arch.split("-")[1] if "-" in arch else "context"
     first = model.net.up4[0]
     assert first.in_channels == model.net.DECODERS[decoder][2] + feature_channels(encoder)[0]
-    assert (model.net.context is None) == arch.endswith("-plain")
+    assert model.net.classify[1].in_channels == model.net.DECODERS[decoder][3]
+    assert (model.net.context is None) == (decoder != "context")
     probs = model(torch.rand(2, 1, 64, 96) * 100)
     assert probs.shape == (2, model.num_bins, 16, 24)
     assert not model.net.encoder_parameters()
