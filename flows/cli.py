@@ -115,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         out=args.out,
         val_fraction=args.val_fraction,
         fold=args.fold,
+        holdout=args.holdout,
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
@@ -141,6 +142,7 @@ def _crossval(args: argparse.Namespace) -> int:
         out=args.out,
         recipe=_recipe(args),
         folds=args.folds,
+        by_folder=args.by_folder,
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
@@ -166,6 +168,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         val_fraction=args.val_fraction,
         fold=args.fold,
+        holdout=args.holdout,
         degrade=args.degrade,
         temperature=args.temperature,
         flip_average=args.flip_average,
@@ -342,10 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="validation fold: the ids hashed into [fold, fold + 1) x --val-fraction (default 0)",
     )
+    common.add_argument(
+        "--holdout",
+        default="",
+        help="instead of a fold, hold out every photo under this top folder of the ids (a "
+        "packed folder's ids are its paths): a source the model never sees",
+    )
     recipe = argparse.ArgumentParser(add_help=False)  # what `train` trains, and how
     recipe.add_argument(
         "--arch",
-        choices=("small", "eccv16", "lite0", "lite0-plain", "lite2", "lite2-plain"),
+        choices=("small", "eccv16", "lite0", "lite0-plain", "lite2", "lite2-plain", "lite2-slim"),
         # models.nets.ARCHITECTURES (torch-free here)
         default="lite2-plain",
         help="network: lite0/lite2 (an ImageNet EfficientNet-Lite encoder under the context "
@@ -486,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
     cv.add_argument("out", help="folder or s3:// prefix: fold-N/ runs, crossval.md/.json")
     cv.add_argument("--folds", type=int, default=5, help="folds, by id hash (default 5)")
+    cv.add_argument(
+        "--by-folder",
+        action="store_true",
+        help="one fold per top folder of the ids instead (leave one source out: each model "
+        "is scored on photos from a source it never saw); --folds is then not used",
+    )
     cv.add_argument(
         "--final",
         action="store_true",

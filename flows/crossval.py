@@ -1,7 +1,8 @@
 """Prefect flow: k-fold cross-validation of a training recipe.
 
 The corpus is packed once; fold f trains the recipe (the `train_model` flow) with the ids
-hashed into [f/k, (f+1)/k) held out, and scores the model on them against the gray baseline,
+hashed into [f/k, (f+1)/k) held out (or, `by_folder`, every photo of one source folder: leave
+one source out), and scores the model on them against the gray baseline,
 on clean inputs (training's own evaluation) and on their old-print versions. The figures of
 every fold, their mean and spread go to OUT/crossval.json and crossval.md. Re-running resumes:
 a fold whose evaluations exist is not trained again, and an interrupted one resumes from its
@@ -26,6 +27,7 @@ from pipeline.archive import storage
 from pipeline.archive.pack import pack_images
 from pipeline.archive.shards import SourceError
 from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
+from pipeline.training.prepared import source_folders
 
 
 def packed_archive(source: str, out: str) -> str:
@@ -59,45 +61,57 @@ def cross_validate(
     s3_endpoint_url: str | None = None,
     show_progress: bool = False,
     final: bool = False,
+    by_folder: bool = False,
 ) -> dict[str, Any]:
     """Train RECIPE (`train_model` options) FOLDS times on SOURCE, each time holding out one
     fold, and score each model on its fold, clean and as old prints. With FINAL, then train
     the recipe on every photo into OUT/final, its card carrying the cross-validated figures:
-    the model to ship."""
+    the model to ship. BY_FOLDER: one fold per top folder of the ids instead (OUT/fold-NAME),
+    each model scored on a source it never saw: the figure for an archive's own photos."""
     recipe = dict(recipe or {})
     if not 2 <= folds <= 20:
         raise ConfigError(f"--folds must be in 2..20, got {folds}")
-    for name in ("val_fraction", "fold", "source", "out"):
+    for name in ("val_fraction", "fold", "holdout", "source", "out"):
         if name in recipe:
             raise ConfigError(f"cross-validation sets {name} itself; do not pass it")
     storage.configure(s3_endpoint_url)
     logger = get_run_logger()
     archive = packed_archive(source, out)
-    fraction = 1.0 / folds
+    splits: dict[str, dict[str, Any]] = {
+        str(k): {"val_fraction": 1.0 / folds, "fold": k} for k in range(folds)
+    }
+    if by_folder:
+        names = source_folders(archive, recipe.get("id_column", "id"))
+        if len(names) < 2:
+            raise ConfigError(
+                f"--by-folder needs photos in at least two top folders of {source}, found "
+                f"{names or 'none'}: arrange the corpus by source, or use --folds"
+            )
+        splits = {name: {"holdout": name} for name in names}
     where: dict[str, Any] = {"ray_address": ray_address, "s3_endpoint_url": s3_endpoint_url}
     clean, old_print = [], []
-    for fold in range(folds):
-        fold_out = storage.join(out, f"fold-{fold}")
+    for name, split in splits.items():
+        fold_out = storage.join(out, f"fold-{name}")
         evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
         if evaluation is None:
-            train_model(source=archive, out=fold_out, val_fraction=fraction, fold=fold,
-                        show_progress=show_progress, **where, **recipe)  # fmt: skip
+            train_model(source=archive, out=fold_out, show_progress=show_progress,
+                        **split, **where, **recipe)  # fmt: skip
             evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
         degraded_out = storage.join(fold_out, "evaluation-old-print")
         degraded = read_json(storage.join(degraded_out, "evaluation.json"))
         if degraded is None:
             degraded = evaluate_model(
                 source=archive, model=storage.join(fold_out, "model.safetensors"),
-                out=degraded_out, split="val", val_fraction=fraction, fold=fold, degrade=True,
-                **where,
+                out=degraded_out, split="val", degrade=True, **split, **where,
             )  # fmt: skip
         assert evaluation is not None and degraded is not None
         clean.append(fold_figures(evaluation))
         old_print.append(fold_figures(degraded))
-        logger.info("fold %d/%d: %s", fold + 1, folds, clean[-1])
+        logger.info("fold %s (%d of %d): %s", name, len(clean), len(splits), clean[-1])
     result = {
         "source": source,
-        "folds": folds,
+        "folds": len(splits),
+        "fold_names": list(splits) if by_folder else None,
         "recipe": recipe,
         "clean": summarise(clean),
         "old_print": summarise(old_print),

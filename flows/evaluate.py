@@ -13,7 +13,7 @@ from flows.colorize import ConfigError, check_model
 from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, SourceError, list_shards
 from pipeline.colorize.runner import ensure_ray
-from pipeline.training.config import check_fold
+from pipeline.training.config import check_fold, check_holdout
 from pipeline.training.evaluate import (
     SPLITS,
     evaluate_shard,
@@ -31,6 +31,7 @@ def evaluate_shards(
     split: str,
     val_fraction: float,
     fold: int,
+    holdout: str,
     degrade: bool,
     columns: ColumnNames,
     temperature: float | None,
@@ -49,6 +50,7 @@ def evaluate_shards(
             split=split,
             val_fraction=val_fraction,
             fold=fold,
+            holdout=holdout,
             degrade=degrade,
             columns=columns,
             temperature=temperature,
@@ -72,6 +74,7 @@ def evaluate_model(
     split: str = "val",
     val_fraction: float = 0.1,
     fold: int = 0,
+    holdout: str = "",
     degrade: bool = False,
     temperature: float | None = None,
     flip_average: bool | None = None,
@@ -82,11 +85,13 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score MODEL and the gray baseline on the colour photos of SPLIT of SOURCE; write
     OUT/evaluation.json, evaluation.md and contact_sheet.png. SPLIT and FOLD select rows by
-    id hash as training does; DEGRADE scores the old-print versions of the photos."""
+    id hash as training does (HOLDOUT: the photos under that top folder); DEGRADE scores the
+    old-print versions of the photos."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     try:
         check_fold(fold, val_fraction)
+        check_holdout(holdout)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     storage.configure(s3_endpoint_url)
@@ -99,6 +104,7 @@ def evaluate_model(
         split,
         val_fraction,
         fold,
+        holdout,
         degrade,
         ColumnNames(image_column, id_column),
         temperature,
@@ -106,7 +112,8 @@ def evaluate_model(
         s3_endpoint_url,
     )
     evaluation.update(
-        split=split, val_fraction=val_fraction, fold=fold, degrade=degrade, source=source,
+        split=split, val_fraction=val_fraction, fold=fold, holdout=holdout, degrade=degrade,
+        source=source,
         model=model, flip_average=flip_average,
     )  # fmt: skip
     markdown = evaluation_markdown(evaluation, model, source, split)

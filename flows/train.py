@@ -209,6 +209,7 @@ def train_model(
     paste: float = 0.0,
     val_fraction: float = 0.1,
     fold: int = 0,
+    holdout: str = "",
     workers: int = 1,
     checkpoint_every: int = 200,
     prepared_data: str | None = None,
@@ -235,7 +236,7 @@ def train_model(
         encoder_lr_scale=encoder_lr_scale, ema_decay=ema_decay, weight_decay=weight_decay,
         dropout=dropout, degrade=degrade,
         stamps=stamps, paste=paste,
-        val_fraction=val_fraction, fold=fold,
+        val_fraction=val_fraction, fold=fold, holdout=holdout,
         workers=workers, checkpoint_every=checkpoint_every, soft_k=soft_k, seed=seed,
         val_every=val_every, val_max_photos=val_max_photos, patience=patience,
         loader_threads=loader_threads,
@@ -255,7 +256,8 @@ def train_model(
     evaluation = evaluate_model(
         source=archive,
         model=model_uri, out=storage.join(out, "evaluation"), split="val",
-        val_fraction=val_fraction, fold=fold, image_column=image_column, id_column=id_column,
+        val_fraction=val_fraction, fold=fold, holdout=holdout, image_column=image_column,
+        id_column=id_column,
         ray_address=ray_address, s3_endpoint_url=s3_endpoint_url,
     )  # fmt: skip
     card_metrics = {k: v for k, v in evaluation.items() if k != "samples"}

@@ -14,10 +14,10 @@ from pipeline.imaging.color import rgb_to_lab
 from pipeline.imaging.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
 from pipeline.training.config import TrainConfig, check_fold
 from pipeline.training.crossval import fold_figures, summarise
-from pipeline.training.prepared import split_of
+from pipeline.training.prepared import split_of, top_folder
 from pipeline.training.stream import degraded_input
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
-from tests.test_training import tiny_archive
+from tests.test_training import _jpeg, tiny_archive
 
 
 def test_folds_partition_the_ids_and_fold_zero_is_the_old_split():
@@ -31,6 +31,46 @@ def test_folds_partition_the_ids_and_fold_zero_is_the_old_split():
         check_fold(5, 0.2)
     with pytest.raises(ValueError, match="--fold"):
         TrainConfig(val_fraction=0.1, fold=10).validate()
+
+
+def test_holdout_holds_out_one_source_folder_whatever_the_fold():
+    ids = ["museum/a.jpg", "museum/sub/b.tif", "library/c.jpg", "museum.jpg", "museumx/d.jpg"]
+    assert [top_folder(i) for i in ids] == ["museum", "museum", "library", "", "museumx"]
+    for fold in range(5):
+        held = [i for i in ids if split_of(i, 0.2, fold, holdout="museum") == "val"]
+        assert held == ["museum/a.jpg", "museum/sub/b.tif"]
+    with pytest.raises(ValueError, match="one top folder"):
+        TrainConfig(holdout="museum/sub").validate()
+
+
+def test_crossval_by_folder_scores_each_source_on_a_model_that_never_saw_it(
+    tmp_path, ray_local  # noqa: F811
+):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "photos"
+    sizes = {"library": 5, "museum": 7}
+    for folder, n in sizes.items():
+        (src / folder).mkdir(parents=True)
+        for i in range(n):
+            p = (data.astronaut(), data.coffee(), data.chelsea())[i % 3]
+            y, x = rng.integers(0, p.shape[0] - 96), rng.integers(0, p.shape[1] - 96)
+            (src / folder / f"{i}.jpg").write_bytes(_jpeg(p[y : y + 96, x : x + 96]))
+    out = tmp_path / "cv"
+    argv = ["crossval", str(src), str(out), "--by-folder", "--arch", "small", "--steps", "2",
+            "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(argv)
+    assert exit_code.value.code == 0
+    result = json.loads((out / "crossval.json").read_text())
+    assert result["fold_names"] == ["library", "museum"] and result["folds"] == 2
+    for folder, n in sizes.items():
+        card = json.loads((out / f"fold-{folder}/model.json").read_text())
+        assert card["training"]["hyperparameters"]["holdout"] == folder
+        assert card["training"]["images"] == sum(sizes.values()) - n  # never saw its source
+        for evaluation in ("evaluation", "evaluation-old-print"):
+            scored = json.loads((out / f"fold-{folder}/{evaluation}/evaluation.json").read_text())
+            assert scored["images"] == n and scored["holdout"] == folder
+    assert "- fold museum:" in (out / "crossval.md").read_text()
 
 
 def _lightness() -> np.ndarray:

@@ -39,6 +39,7 @@ class TrainConfig:
     paste: float = 0.0  # share of crops that get one of them pasted on
     val_fraction: float = 0.1
     fold: int = 0  # which val_fraction-wide slice of the id hashes is held out
+    holdout: str = ""  # or: the top folder of the ids held out (a source never seen)
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 10
@@ -100,6 +101,14 @@ class TrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check_fold(self.fold, self.val_fraction)
+        check_holdout(self.holdout)
+
+
+def check_holdout(holdout: str) -> None:
+    if "/" in holdout:
+        raise ValueError(
+            f"--holdout names one top folder of the ids (e.g. mvtb-data), got {holdout!r}"
+        )
 
 
 def check_fold(fold: int, val_fraction: float) -> None:

@@ -51,7 +51,8 @@ def summarise(folds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def crossval_markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# Cross-validation: {result['folds']} folds of `{result['source']}`",
+        f"# Cross-validation: {result['folds']} folds of `{result['source']}`"
+        + (" (one per source folder, left out in turn)" if result.get("fold_names") else ""),
         "",
         f"Recipe: `{result['recipe']}`",
         "",
@@ -66,7 +67,8 @@ def crossval_markdown(result: dict[str, Any]) -> str:
             )
     lines += ["", "Per fold (clean, then old print):", ""]
     per_fold = result["per_fold"]
-    for i, (clean, old) in enumerate(zip(per_fold["clean"], per_fold["old_print"], strict=True)):
+    names = result.get("fold_names") or list(range(len(per_fold["clean"])))
+    for i, clean, old in zip(names, per_fold["clean"], per_fold["old_print"], strict=True):
         figures = ", ".join(f"{k.split(' (')[0]} {v:+.2f}" for k, v in clean.items())
         old_auc = old.get(FIGURES[0][0])
         lines.append(f"- fold {i}: {figures}; old print rebalanced AuC - gray "

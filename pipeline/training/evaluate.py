@@ -55,6 +55,7 @@ def evaluate_shard(
     split: str = "val",
     val_fraction: float = 0.1,
     fold: int = 0,
+    holdout: str = "",
     degrade: bool = False,
     columns: ColumnNames | None = None,
     temperature: float | None = None,
@@ -83,7 +84,7 @@ def evaluate_shard(
     for batch in read_batches(shard, cols, batch_size):
         kept = []
         for row_id, load in zip(batch.ids, batch.loaders, strict=True):
-            if split != "all" and split_of(row_id, val_fraction, fold) != split:
+            if split != "all" and split_of(row_id, val_fraction, fold, holdout) != split:
                 skipped["other_split"] += 1
                 continue
             try:

@@ -69,8 +69,8 @@ def prepare_photo(data: bytes, size: int) -> np.ndarray | None:
 
 def prepare_settings(config: TrainConfig) -> PrepareSettings:
     """What the prepared data depends on (with the source shards' identity)."""
-    return PrepareSettings(config.prepared, config.val_fraction, config.fold,
-                           config.id_column, config.image_column)  # fmt: skip
+    return PrepareSettings(config.prepared, config.val_fraction, config.fold, config.id_column,
+                           config.image_column, holdout=config.holdout)  # fmt: skip
 
 
 def prior_of(counts: torch.Tensor, config: TrainConfig) -> torch.Tensor:

@@ -53,6 +53,7 @@ class PrepareSettings:
     id_column: str = "id"
     image_column: str = "image"
     rows_per_group: int = ROWS_PER_GROUP
+    holdout: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,34 @@ class Prepared:
     markers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def split_of(row_id: str, val_fraction: float, fold: int = 0) -> str:
+def split_of(row_id: str, val_fraction: float, fold: int = 0, holdout: str = "") -> str:
     """The split of a row, from a hash of its id: stable across runs, machines and shardings.
 
     Fold f holds out the ids hashed into [f * val_fraction, (f + 1) * val_fraction): with
-    val_fraction 1/k, folds 0..k-1 partition the corpus (k-fold cross-validation)."""
+    val_fraction 1/k, folds 0..k-1 partition the corpus (k-fold cross-validation). With
+    `holdout`, the ids under that top folder are held out instead (a packed folder's ids are
+    paths): photos from a source the model never saw, as an archive's own photos are."""
+    if holdout:
+        return "val" if top_folder(row_id) == holdout else "train"
     h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big") / 2.0**64
     return "val" if fold * val_fraction <= h < (fold + 1) * val_fraction else "train"
+
+
+def top_folder(row_id: str) -> str:
+    """The first folder of an id that is a relative path ("" for a bare name)."""
+    head, sep, _ = row_id.partition("/")
+    return head if sep else ""
+
+
+def source_folders(archive: str, id_column: str = "id") -> list[str]:
+    """The top folders of an archive's ids, sorted: the folds of a leave-one-source-out run."""
+    folders: set[str] = set()
+    for uri in storage.list_files(archive):
+        if uri.endswith(".parquet"):
+            fs, path = storage.arrow_fs(uri)
+            ids = pq.read_table(path, columns=[id_column], filesystem=fs).column(id_column)
+            folders.update(top_folder(str(i)) for i in ids.to_pylist())
+    return sorted(folders)
 
 
 def prepare_photo_why(data: bytes, size: int) -> tuple[np.ndarray | None, str]:
@@ -143,6 +165,7 @@ def settings_document(archive: str, uris: list[str], settings: PrepareSettings) 
         "prepared": settings.prepared,
         "val_fraction": settings.val_fraction,
         "fold": settings.fold,
+        "holdout": settings.holdout,
         "id_column": settings.id_column,
         "image_column": settings.image_column,
         "sources": source_identity(archive, uris),
@@ -207,7 +230,7 @@ def prepare_shard(
                 if square is None:
                     skipped[why] += 1
                     continue
-                split = split_of(row_id, settings.val_fraction, settings.fold)
+                split = split_of(row_id, settings.val_fraction, settings.fold, settings.holdout)
                 if split == "train":
                     _, ab = ab_targets(torch.from_numpy(np.array(square[None])))
                     counts += bin_histogram(ab, centers)
