@@ -44,7 +44,8 @@ def test_holdout_holds_out_one_source_folder_whatever_the_fold():
 
 
 def test_crossval_by_folder_scores_each_source_on_a_model_that_never_saw_it(
-    tmp_path, ray_local  # noqa: F811
+    tmp_path,
+    ray_local,  # noqa: F811
 ):
     rng = np.random.default_rng(0)
     src = tmp_path / "photos"
