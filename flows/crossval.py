@@ -22,10 +22,11 @@ from prefect.artifacts import create_markdown_artifact
 import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
-from flows.train import train_model
+from flows.train import recorded_recipe, train_model
 from pipeline.archive import storage
 from pipeline.archive.pack import pack_images
 from pipeline.archive.shards import SourceError
+from pipeline.training.config import describe_differences, recipe_differences
 from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
 from pipeline.training.prepared import source_folders
 
@@ -93,6 +94,14 @@ def cross_validate(
     for name, split in splits.items():
         fold_out = storage.join(out, f"fold-{name}")
         evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
+        recorded = recorded_recipe(fold_out)
+        wanted = {k: v for k, v in {**recipe, **split}.items() if v is not None}
+        differences = {} if recorded is None else recipe_differences(recorded, wanted)
+        if differences:  # a fold of another recipe must not stand in for this one's
+            raise ConfigError(
+                f"{fold_out} was trained with other settings ({describe_differences(differences)})"
+                f": cross-validate this recipe into a new OUT"
+            )
         if evaluation is None:
             train_model(source=archive, out=fold_out, show_progress=show_progress,
                         **split, **where, **recipe)  # fmt: skip

@@ -39,7 +39,7 @@ from pipeline.archive.shards import SourceError, parquet_schema
 from pipeline.colorize.runner import ensure_ray
 from pipeline.review import report
 from pipeline.review.artifact import artifact_from_files
-from pipeline.training.config import TrainConfig
+from pipeline.training.config import TrainConfig, describe_differences, recipe_differences
 from pipeline.training.evaluate import evaluation_markdown
 from pipeline.training.loop import (
     PROGRESS,
@@ -65,6 +65,36 @@ def code_version() -> str:
         from importlib.metadata import version
 
         return f"archive-colorize {version('archive-colorize')}"
+
+
+RECIPE = "recipe.json"
+
+
+def recorded_recipe(out: str) -> dict[str, Any] | None:
+    """The settings a run in OUT was started with: OUT/recipe.json, or (a run from before it was
+    written) its model card's; None for a new OUT."""
+    for name in (RECIPE, "model.json"):
+        try:
+            document = json.loads(storage.read_bytes(storage.join(out, name)))
+        except (FileNotFoundError, OSError):
+            continue
+        return dict(document if name == RECIPE else document["training"]["hyperparameters"])
+    return None
+
+
+def claim_run(out: str, config: TrainConfig) -> None:
+    """One run, one recipe: OUT/recipe.json on the first run. A later run into OUT with
+    settings that change what it trains refuses before anything else: it would resume another
+    recipe's checkpoints and ship a model whose card names settings it was not trained with."""
+    recorded = recorded_recipe(out)
+    differences = {} if recorded is None else recipe_differences(recorded, asdict(config))
+    if differences:
+        raise ConfigError(
+            f"{out} holds a run started with other settings ({describe_differences(differences)})"
+            f": re-run with those to resume it, or train into a new OUT"
+        )
+    if not storage.exists(storage.join(out, RECIPE)):
+        storage.write_bytes(storage.join(out, RECIPE), json.dumps(asdict(config)).encode())
 
 
 @task(cache_policy=NO_CACHE)
@@ -249,6 +279,7 @@ def train_model(
     storage.configure(s3_endpoint_url)
     ensure_ray(ray_address)
     config.threads_per_worker = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    claim_run(out, config)
     archive, uris = training_shards(source, out, config)
     data = prepare_data(archive, uris, out, config, prepared_data, s3_endpoint_url)
     seconds = run_training(data, out, config, s3_endpoint_url, show_progress)

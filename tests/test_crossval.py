@@ -133,7 +133,7 @@ def test_summary_is_the_mean_and_sample_spread_over_folds():
 
 
 @pytest.mark.slow
-def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local):  # noqa: F811
+def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, capsys):  # noqa: F811
     src = tiny_archive(tmp_path / "src", n=12)
     out = tmp_path / "cv"
     argv = ["crossval", str(src), str(out), "--folds", "2", "--arch", "small", "--steps", "2",
@@ -169,3 +169,10 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local):
     with pytest.raises(SystemExit):
         cli.main(argv[:-1])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # another recipe into the same OUT: refused, its folds do not stand in for the new one's
+    before = (out / "crossval.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main([*argv[:-1], "--degrade", "0.2"])
+    assert exit_code.value.code != 0
+    assert "degrade 0.5 -> 0.2" in capsys.readouterr().err
+    assert (out / "crossval.json").read_bytes() == before

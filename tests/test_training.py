@@ -440,3 +440,26 @@ def test_dropout_and_weight_decay_options_reach_the_net_and_the_optimizer():
     for bad, fix in (({"dropout": 1.0}, "--dropout must be in"), ({"weight_decay": -1}, ">= 0")):
         with pytest.raises(ValueError, match=fix):
             TrainConfig(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_a_run_folder_holds_one_recipe(tmp_path):
+    from flows.colorize import ConfigError
+    from flows.train import RECIPE, claim_run
+
+    out = tmp_path / "run"
+    first = TrainConfig(arch="small", steps=6, degrade=0.5)
+    claim_run(str(out), first)
+    assert json.loads((out / RECIPE).read_text())["degrade"] == 0.5
+    # how a run goes may change when it resumes; what it trains may not
+    claim_run(str(out), TrainConfig(arch="small", steps=6, degrade=0.5, checkpoint_every=7))
+    with pytest.raises(ConfigError, match=r"\(degrade 0\.5 -> 0\.0, steps 6 -> 9\): re-run with"):
+        claim_run(str(out), TrainConfig(arch="small", steps=9, degrade=0.0))
+    # a run from before recipe.json: its card's hyperparameters stand for it
+    older = tmp_path / "older"
+    older.mkdir()
+    card = {"training": {"hyperparameters": {"arch": "lite0", "steps": 3000, "betas": [0.9, 0.99]}}}
+    (older / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match="arch 'lite0' -> 'small'"):
+        claim_run(str(older), TrainConfig(arch="small", steps=3000))
+    claim_run(str(older), TrainConfig(arch="lite0", steps=3000))  # a tuple equals its list
+    assert (older / RECIPE).exists()

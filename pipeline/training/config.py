@@ -3,6 +3,7 @@ that turn a bad option into a message saying how to fix it."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,28 @@ class TrainConfig:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check_fold(self.fold, self.val_fraction)
         check_holdout(self.holdout)
+
+
+# settings that change how a run goes, not what it trains: free to differ when it resumes
+RUN_ONLY = frozenset({"checkpoint_every", "log_every", "loader_threads", "threads_per_worker"})
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings that change what a run trains, {name: (old, new)} where they differ, as
+    JSON values (a tuple and its list are equal); a setting either side lacks is not compared."""
+
+    def same(a: Any, b: Any) -> bool:
+        return bool(json.loads(json.dumps(a)) == json.loads(json.dumps(b)))
+
+    return {
+        name: (old[name], value)
+        for name, value in sorted(new.items())
+        if name in old and name not in RUN_ONLY and not same(old[name], value)
+    }
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in differences.items())
 
 
 def check_holdout(holdout: str) -> None:
