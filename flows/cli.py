@@ -405,13 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.999,
         help="ship a moving average of the weights with this decay (default 0.999; 0: off)",
     )
-    parser.add_argument(
+    recipe.add_argument(
         "--weight-decay",
         type=float,
         default=1e-3,
         help="Adam weight decay (L2) of the trained weights (default 1e-3)",
     )
-    parser.add_argument(
+    recipe.add_argument(
         "--dropout",
         type=float,
         default=0.1,

@@ -22,3 +22,14 @@ def test_every_option_of_every_command_is_documented():
                 continue
             assert action.help, f"`archive-colorize {name}` {action.dest} has no help text"
         assert sub.format_help()  # renders
+
+
+def test_every_recipe_option_reaches_train_and_crossval():
+    from flows.cli import RECIPE_OPTIONS, _recipe
+
+    options = ["--weight-decay", "0.01", "--dropout", "0.3", "--arch", "lite2-slim"]
+    for command in ("train", "crossval"):
+        recipe = _recipe(build_parser().parse_args([command, "src", "out", *options]))
+        assert set(recipe) == set(RECIPE_OPTIONS)
+        got = (recipe["weight_decay"], recipe["dropout"], recipe["arch"])
+        assert got == (0.01, 0.3, "lite2-slim")
