@@ -49,6 +49,8 @@ def test_storage_round_trip(s3_server, bucket):
     )
     storage.delete(uri)
     assert not storage.exists(uri)
+    with pytest.raises(FileNotFoundError):  # missing is missing, on S3 as on a disk
+        storage.read_bytes(uri)
 
 
 def test_pack_and_colorize_s3_to_s3(tmp_path: Path, s3_server, bucket, ray_local):  # noqa: F811

@@ -153,9 +153,14 @@ def source_exists(uri: str) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The object's bytes; FileNotFoundError when there is none, on S3 as on a disk."""
     if is_s3(uri):
+        client = _s3_client()
         loc = parse_s3(uri)
-        body: bytes = _s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        try:
+            body: bytes = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        except client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(uri) from exc
         return body
     return Path(uri).read_bytes()
 
