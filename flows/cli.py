@@ -408,14 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--weight-decay",
         type=float,
-        default=1e-3,
-        help="Adam weight decay (L2) of the trained weights (default 1e-3)",
+        default=1e-2,
+        help="Adam weight decay (L2) of the trained weights (default 1e-2)",
     )
     recipe.add_argument(
         "--dropout",
         type=float,
-        default=0.1,
-        help="lite*: dropout before the classifier while training (default 0.1)",
+        default=0.3,
+        help="lite*: dropout before the classifier while training (default 0.3)",
     )
     recipe.add_argument(
         "--degrade",

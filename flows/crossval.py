@@ -44,14 +44,6 @@ def packed_archive(source: str, out: str) -> str:
         raise ConfigError(str(exc)) from exc
 
 
-def read_json(uri: str) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(storage.read_bytes(uri))
-    except (FileNotFoundError, OSError):
-        return None
-    return data
-
-
 @flow(name="cross-validate")
 def cross_validate(
     source: str,
@@ -93,7 +85,7 @@ def cross_validate(
     clean, old_print = [], []
     for name, split in splits.items():
         fold_out = storage.join(out, f"fold-{name}")
-        evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
+        evaluation = storage.read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
         recorded = recorded_recipe(fold_out)
         wanted = {k: v for k, v in {**recipe, **split}.items() if v is not None}
         differences = {} if recorded is None else recipe_differences(recorded, wanted)
@@ -105,9 +97,9 @@ def cross_validate(
         if evaluation is None:
             train_model(source=archive, out=fold_out, show_progress=show_progress,
                         **split, **where, **recipe)  # fmt: skip
-            evaluation = read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
+            evaluation = storage.read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
         degraded_out = storage.join(fold_out, "evaluation-old-print")
-        degraded = read_json(storage.join(degraded_out, "evaluation.json"))
+        degraded = storage.read_json(storage.join(degraded_out, "evaluation.json"))
         if degraded is None:
             degraded = evaluate_model(
                 source=archive, model=storage.join(fold_out, "model.safetensors"),

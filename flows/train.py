@@ -73,13 +73,11 @@ RECIPE = "recipe.json"
 def recorded_recipe(out: str) -> dict[str, Any] | None:
     """The settings a run in OUT was started with: OUT/recipe.json, or (a run from before it was
     written) its model card's; None for a new OUT."""
-    for name in (RECIPE, "model.json"):
-        try:
-            document = json.loads(storage.read_bytes(storage.join(out, name)))
-        except (FileNotFoundError, OSError):
-            continue
-        return dict(document if name == RECIPE else document["training"]["hyperparameters"])
-    return None
+    recipe = storage.read_json(storage.join(out, RECIPE))
+    if recipe is not None:
+        return recipe
+    card = storage.read_json(storage.join(out, "model.json"))
+    return None if card is None else dict(card["training"]["hyperparameters"])
 
 
 def claim_run(out: str, config: TrainConfig) -> None:
@@ -232,8 +230,8 @@ def train_model(
     unfreeze_at: int = 0,
     encoder_lr_scale: float = 0.1,
     ema_decay: float = 0.999,
-    weight_decay: float = 1e-3,
-    dropout: float = 0.1,
+    weight_decay: float = 1e-2,
+    dropout: float = 0.3,
     degrade: float = 0.6,
     stamps: str = "",
     paste: float = 0.0,

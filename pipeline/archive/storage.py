@@ -10,6 +10,7 @@ object), so a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import json
 import mimetypes
 import os
 import shutil
@@ -163,6 +164,15 @@ def read_bytes(uri: str) -> bytes:
             raise FileNotFoundError(uri) from exc
         return body
     return Path(uri).read_bytes()
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    """A JSON object written by us, or None where there is none."""
+    try:
+        data: dict[str, Any] = json.loads(read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    return data
 
 
 def write_bytes(uri: str, data: bytes, *, atomic: bool = True) -> None:
