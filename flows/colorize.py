@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 import models
 from pipeline.archive import manifest, storage
 from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shards
+from pipeline.archive.stats import ShardStats
 from pipeline.colorize.runner import ActorPool, ActorSpec, ensure_ray, run_shards
 from pipeline.colorize.worker import ColorizeOptions, model_id, resolve_model
 from pipeline.imaging.images import DEFAULT_MAX_PIXELS
@@ -39,15 +40,21 @@ class ConfigError(ValueError):
 class Plan:
     todo: list[Shard]
     skipped: list[str]
-    model_path: str
     settings: dict[str, Any]  # DEST's manifest's (pipeline/archive/manifest.py): this run's
 
 
-def check_model(model: str) -> str:
-    """The model's local path, or a ConfigError naming what to pass instead."""
+@dataclass(frozen=True)
+class ModelFacts:
+    id: str  # `worker.model_id`: what rows and DEST's manifest record
+    temperature: float  # its own, from its card: the one in effect when none is given
+
+
+def check_model(model: str) -> ModelFacts:
+    """The model's id and own temperature, or a ConfigError naming what to pass instead."""
     try:
-        path = resolve_model(model)
-        models.read_card(path)
+        with resolve_model(model) as path:
+            card = models.read_card(path)
+            return ModelFacts(model_id(path), float(card["config"]["temperature"]))
     except FileNotFoundError as exc:
         hint = "no trained default model is installed; " if model == "default" else ""
         raise ConfigError(f"{hint}cannot read model {model!r}: {exc}. Pass --model PATH") from exc
@@ -56,16 +63,15 @@ def check_model(model: str) -> str:
             f"cannot read model {model!r} ({type(exc).__name__}: {exc}): pass a checkpoint "
             "written by models.save (a .safetensors file, local or s3://) or 'default'"
         ) from exc
-    return path
 
 
-def run_settings(model_path: str, options: ColorizeOptions) -> dict[str, Any]:
+def run_settings(model: ModelFacts, options: ColorizeOptions) -> dict[str, Any]:
     """The settings this run's output is made with, as DEST's manifest records them."""
     temperature = options.temperature
     if temperature is None:  # the model's own, as `Colorizer.decode` takes it
-        temperature = models.read_card(model_path)["config"]["temperature"]
+        temperature = model.temperature
     return manifest.output_settings(
-        model_id(model_path),
+        model.id,
         temperature,
         options.output_format,
         options.quality,
@@ -82,24 +88,27 @@ def plan_run(
     options: ColorizeOptions,
     shard_size: int,
     recolorize: bool = False,
+    add_source: bool = False,
 ) -> Plan:
-    """Check the request and DEST's manifest before anything is written; then list the shards
-    and keep those not yet committed with the manifest's settings."""
+    """Check the request and DEST's manifest (settings, then source) before anything is
+    written; then list the shards and keep those not yet committed with the manifest's
+    settings. `source` is normalised (`storage.normalize`)."""
     try:
         options.validate()
-        model_path = check_model(model)
-        settings = run_settings(model_path, options)
+        settings = run_settings(check_model(model), options)
         committed = {s.shard: s for s in report.load_committed_stats(dest)}
         current, write_manifest = manifest.reconcile(
             dest, settings, list(committed.values()), recolorize
         )
-        shards = list_shards(source, dest, shard_size)
+        current, namespace, new_source = manifest.admit_source(dest, current, source, add_source)
+        shards = list_shards(source, dest, shard_size, namespace)
+        check_made_from(dest, shards, committed)
         check_columns(shards[0], ColumnNames(options.image_column, options.id_column))
     except ConfigError:
         raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if write_manifest:
+    if write_manifest or new_source:
         manifest.write(dest, current)
     done = {
         s.name
@@ -115,7 +124,22 @@ def plan_run(
         len(todo),
         redo,
     )
-    return Plan(todo, sorted(done), model_path, current["settings"])
+    return Plan(todo, sorted(done), current["settings"])
+
+
+def check_made_from(dest: str, shards: list[Shard], committed: dict[str, ShardStats]) -> None:
+    """A committed shard of one of these names must have been made from this very input: else
+    it is another source's output under the same name (a DEST older than its manifest's
+    sources, adopted with the wrong SOURCE) and would be skipped as done."""
+    for shard in shards:
+        made = committed.get(shard.name)
+        if made is not None and not storage.same_place(made.source, storage.normalize(shard.uri)):
+            raise ConfigError(
+                f"DEST {dest}'s shard {shard.name} was made from {made.source}, not from this "
+                f"run's {shard.uri}: DEST holds another source's output under the same names. "
+                "Nothing was written. Run it first with the SOURCE it was made from (DEST then "
+                "records it), then this one with --add-source; or write to a new DEST."
+            )
 
 
 @task(cache_policy=NO_CACHE)
@@ -223,7 +247,7 @@ def colorize_archive(
     source: str,
     dest: str,
     model: str = "default",
-    temperature: float | None = 0.38,
+    temperature: float | None = None,
     batch_size: int = 8,
     actors: int | None = None,
     ray_address: str | None = None,
@@ -240,15 +264,20 @@ def colorize_archive(
     s3_endpoint_url: str | None = None,
     show_progress: bool = False,
     recolorize: bool = False,
+    add_source: bool = False,
 ) -> dict[str, Any]:
     """Colorize every image of SOURCE (Parquet shards or image files, local or s3://) into
     DEST: one output shard per input shard, committed by its stats file; re-runs resume.
+    `temperature` None: the model's own (its card's).
 
     DEST/_manifest.json records the model and settings DEST is made with: a run with other
     ones refuses before it writes anything (ConfigError), unless `recolorize`, which makes them
-    DEST's and redoes every shard, each replaced when its new output commits."""
+    DEST's and redoes every shard, each replaced when its new output commits. It records the
+    SOURCE too: a run from another refuses the same way, unless `add_source`, which adds it
+    to DEST in a namespace of its own (pipeline/archive/shards.py)."""
     started = time.perf_counter()
     storage.configure(s3_endpoint_url)
+    source = storage.normalize(source)  # one spelling, as DEST's manifest records it
     options = ColorizeOptions(
         temperature=temperature,
         batch_size=batch_size,
@@ -260,7 +289,7 @@ def colorize_archive(
         metrics_max_side=metrics_max_side,
         precision=precision,
     )
-    plan = plan_run(source, dest, model, options, shard_size, recolorize)
+    plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source)
     ensure_ray(ray_address)
     if precision != "fp32" and not ray.cluster_resources().get("GPU"):
         get_run_logger().warning(

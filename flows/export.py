@@ -3,7 +3,6 @@ Ray task per committed shard; re-runs skip the shards already exported and uncha
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import ray
@@ -11,19 +10,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.colorize import ConfigError
-from pipeline.archive import storage
+from pipeline.archive import manifest, storage
 from pipeline.archive.export import ERRORS_CSV, check_destination, errors_csv, export_shard
 from pipeline.colorize.runner import ensure_ray
 from pipeline.review.report import load_committed_stats, models_present
 
 
-def run_source(dest: str) -> str | None:
-    """The SOURCE a colorize run of DEST read, from its report (None before any report)."""
-    uri = storage.join(dest, "report.json")
-    if not storage.exists(uri):
-        return None
-    source: str | None = json.loads(storage.read_bytes(uri)).get("source")
-    return source
+def run_sources(dest: str) -> list[str]:
+    """Every SOURCE DEST was made from: its manifest's, else (an older DEST) its report's."""
+    recorded = manifest.read(dest) or {}
+    if recorded.get("sources"):
+        return [entry["uri"] for entry in recorded["sources"]]
+    report = storage.read_json(storage.join(dest, "report.json")) or {}
+    return [report["source"]] if report.get("source") else []
 
 
 @task(cache_policy=NO_CACHE)
@@ -54,7 +53,9 @@ def export_archive(
         raise ConfigError(f"--quality must be in 1..100, got {quality}")
     storage.configure(s3_endpoint_url)
     try:
-        check_destination(out, dest, run_source(dest))
+        check_destination(out, dest, None)
+        for source in run_sources(dest):
+            check_destination(out, dest, source)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     ensure_ray(ray_address)

@@ -21,6 +21,10 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
@@ -33,6 +37,8 @@ class FaultProxy:
         self.outage_requests = 0  # the next requests after the trigger's that are dropped
         self.history: list[tuple[str, str, str | None]] = []  # (method, path, fault) in order
         self.cut_put: Callable[[str], bool] = lambda path: False  # cut this PUT's body?
+        # as S3 answers a caller without s3:ListBucket: 403 AccessDenied for a missing key
+        self.missing_as_403 = False
         self.injected: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self._random = random.Random(seed)
@@ -92,6 +98,16 @@ class FaultProxy:
             return "503"
         return None
 
+    @staticmethod
+    def _answer(h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        """An S3 error answer of ours, in place of the upstream's."""
+        h.send_response(status)
+        h.send_header("Content-Type", "application/xml")
+        h.send_header("Content-Length", "0" if h.command == "HEAD" else str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":  # a HEAD answer has no body, whatever its length says
+            h.wfile.write(body)
+
     def forward(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         fault = self._decide(h.command, h.path)
@@ -109,18 +125,18 @@ class FaultProxy:
         body = h.rfile.read(length) if length else b""
         if fault == "503":
             self.injected["503 SlowDown"] += 1
-            h.send_response(503)
-            h.send_header("Content-Type", "application/xml")
-            h.send_header("Content-Length", "0" if h.command == "HEAD" else str(len(SLOW_DOWN)))
-            h.end_headers()
-            if h.command != "HEAD":  # a HEAD answer has no body, whatever its length says
-                h.wfile.write(SLOW_DOWN)
+            self._answer(h, 503, SLOW_DOWN)
             return
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
         conn.request(h.command, h.path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
+        if self.missing_as_403 and response.status == 404:
+            self.injected["404 answered as 403 AccessDenied"] += 1
+            conn.close()
+            self._answer(h, 403, ACCESS_DENIED)
+            return
         h.send_response(response.status)
         head = h.command == "HEAD"  # its Content-Length is the object's size: pass it on
         for key, value in response.getheaders():

@@ -154,3 +154,41 @@ def test_16_bit_png_decodes_elsewhere_to_the_exact_pixels_written():
         np.testing.assert_array_equal(decoded, expected)
     # and the low byte matters: odd values survive (a high-byte-only encoder would drop them)
     assert (levels % 256 != 0).mean() > 0.9
+
+
+def test_a_rotated_tiff_keeps_only_its_own_dpi(photos):
+    """A TIFF with EXIF orientation 6 is turned upright once, and its resolution travels as it
+    is, none or 300 dpi: never Pillow's stand-ins (1 dpi for a TIFF without XResolution, then
+    72 for our JPEG of it, whose EXIF has none), through decoding, our outputs and export.
+    Decoded from bytes, or handed over opened but not loaded (`decode_pil`, as
+    `colorize_images` takes images)."""
+    from pipeline.archive.export import convert
+    from pipeline.imaging.images import decode_pil
+
+    photo = Image.fromarray(photos["coffee"]).resize((60, 40))
+    orientation = Image.Exif()
+    orientation[0x0112] = 6  # turn 90 degrees clockwise to view
+    for dpi in (None, (300.0, 300.0)):
+        src = _bytes(photo, "TIFF", exif=orientation, **({"dpi": dpi} if dpi else {}))
+        assert Image.open(io.BytesIO(src)).info["dpi"] == (dpi or (1, 1))  # Pillow's reading
+        for dec in (decode_image(src), decode_pil(Image.open(io.BytesIO(src)))):
+            assert dec.size == (40, 60)  # upright, turned once
+            assert dec.metadata.get("dpi") == dpi
+            assert dec.rgb is not None
+            jpeg = encode_image(dec.rgb, "jpeg", metadata=dec.metadata)
+            outputs = {
+                "jpeg": jpeg,
+                "png": encode_image(dec.rgb, "png", metadata=dec.metadata),
+                "png16": encode_image(dec.rgb, bit_depth=16, metadata=dec.metadata),
+                "exported tiff": convert(jpeg, "tiff", 95),
+                "exported png": convert(jpeg, "png", 95),
+            }
+            for name, data in outputs.items():
+                out = Image.open(io.BytesIO(data))
+                assert out.size == (40, 60), name
+                if dpi is None:
+                    assert out.info.get("jfif_unit", 0) == 0, name  # JPEG: no unit, no dpi
+                    assert "dpi" not in out.info or name == "jpeg", (name, out.info["dpi"])
+                    assert decode_image(data).metadata.get("dpi") is None, name
+                else:
+                    assert [round(d) for d in out.info["dpi"]] == [300, 300], name

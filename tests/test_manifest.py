@@ -16,7 +16,10 @@ from skimage import data
 import models
 from flows import cli
 from flows.colorize import ConfigError, colorize_archive
-from pipeline.archive.manifest import MANIFEST
+from pipeline.archive import manifest as dest_manifest
+from pipeline.archive.manifest import MANIFEST, SourceChanged
+from pipeline.archive.pack import pack_images
+from pipeline.archive.shards import SourceError, list_shards
 from pipeline.colorize.worker import model_id
 from tests.archive_helpers import (
     jpeg_with_empty_iptc,
@@ -29,9 +32,9 @@ from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fi
 pytestmark = pytest.mark.slow
 
 
-def _model(path: Path, seed: int) -> str:
+def _model(path: Path, seed: int, **options: float) -> str:
     torch.manual_seed(seed)
-    models.save(models.build("small"), path)
+    models.save(models.build("small", **options), path)
     return str(path)
 
 
@@ -156,3 +159,73 @@ def test_older_dest_without_manifest_is_adopted_or_refused(tmp_path: Path, ray_l
     manifest = json.loads((legacy / MANIFEST).read_text())
     assert manifest["adopted"] and manifest["settings"]["model"] == model_id(model_a)
     assert len(read_output(legacy)) == len(files)
+
+
+def _forget_sources(dest: Path) -> None:
+    """DEST's manifest as a version before sources left it."""
+    doc = json.loads((dest / MANIFEST).read_text())
+    del doc["sources"]
+    (dest / MANIFEST).write_text(json.dumps(doc))
+
+
+def test_dest_records_its_source_and_an_older_one_adopts_only_its_own(tmp_path: Path, ray_local):  # noqa: F811
+    """The manifest records SOURCE normalised, and the temperature in effect: with none given,
+    the model's own. A manifest from before sources takes the run's SOURCE, unless DEST's
+    frozen listing (a folder source) or its committed shards (Parquet) are another's: then it
+    refuses, naming both, and writes nothing."""
+    model = _model(tmp_path / "cool.safetensors", 5, temperature=0.25)
+    folder_a, folder_b = tmp_path / "photos-a", tmp_path / "photos-b"
+    make_image_folder(folder_a, bad=False)  # 6 images: 2 shards of 4
+    make_image_folder(folder_b, bad=False)
+    dest = tmp_path / "dest"
+    colorize_archive(f"{folder_a}/", str(dest), model=model, shard_size=4)  # a trailing slash
+    doc = json.loads((dest / MANIFEST).read_text())
+    assert doc["sources"] == [{"uri": str(folder_a), "namespace": ""}]
+    assert doc["settings"]["temperature"] == 0.25  # the model's own (no --temperature)
+
+    _forget_sources(dest)
+    before = _listing(dest)
+    with pytest.raises(ConfigError, match=rf"freezes the files of {folder_a}, not .* {folder_b}"):
+        colorize_archive(str(folder_b), str(dest), model=model)
+    assert _listing(dest) == before
+    adopted = colorize_archive(str(folder_a), str(dest), model=model)
+    assert adopted["shards"]["done"] == 0 and adopted["shards"]["skipped"] == 2
+    assert json.loads((dest / MANIFEST).read_text())["sources"][0]["uri"] == str(folder_a)
+
+    # Parquet: every packed archive has a part-00000; its committed stats say whose it is
+    packed_a, packed_b, packed_dest = tmp_path / "packed-a", tmp_path / "packed-b", tmp_path / "d2"
+    pack_images(str(folder_a), str(packed_a))
+    pack_images(str(folder_b), str(packed_b))
+    colorize_archive(str(packed_a), str(packed_dest), model=model)
+    _forget_sources(packed_dest)
+    before = _listing(packed_dest)
+    with pytest.raises(ConfigError, match=r"shard part-00000 was made from .*packed-a/part-0"):
+        colorize_archive(str(packed_b), str(packed_dest), model=model)
+    assert _listing(packed_dest) == before
+
+
+def test_an_added_source_gets_a_namespace_and_no_overlap(tmp_path: Path):
+    """--add-source, before any run: the namespace is stable and readable, the listing of an
+    added folder is its own, and a source inside another of DEST's is refused."""
+    first = {"settings": {}, "sources": [{"uri": "/data/scans", "namespace": ""}]}
+    with pytest.raises(SourceChanged, match="SOURCE of DEST: /data/scans") as refused:
+        dest_manifest.admit_source("D", first, "/data/other", add_source=False)
+    assert "--add-source" in str(refused.value) and "new DEST" in str(refused.value)
+    doc, namespace, changed = dest_manifest.admit_source("D", first, "/data/other", True)
+    assert changed and namespace == dest_manifest.namespace_of("/data/other")
+    assert namespace.startswith("other-") and len(namespace) == len("other-") + 8
+    assert doc["sources"][1] == {"uri": "/data/other", "namespace": namespace}
+    assert dest_manifest.admit_source("D", doc, "/data/other", False)[1:] == (namespace, False)
+    for inside in ("/data/scans/1950", "/data"):
+        with pytest.raises(SourceChanged, match="one is inside the other"):
+            dest_manifest.admit_source("D", first, inside, add_source=True)
+
+    folder_a, folder_b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    make_image_folder(folder_a, bad=False)
+    make_image_folder(folder_b, bad=False)
+    list_shards(str(folder_a), str(dest), 4)
+    added = list_shards(str(folder_b), str(dest), 4, namespace="b-12345678")
+    assert [s.name for s in added] == ["b-12345678/files-00000", "b-12345678/files-00001"]
+    assert (dest / "b-12345678" / "_listing.json").is_file()
+    with pytest.raises(SourceError, match="freezes the files of"):
+        list_shards(str(folder_b), str(dest), 4)  # into the first's listing: never

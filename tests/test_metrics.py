@@ -59,24 +59,61 @@ def test_rebalanced_auc_weights_pixels():
     np.testing.assert_allclose(w, [[1 / 0.8, 1 / 0.2]], rtol=1e-6)
 
 
-def test_set_rebalanced_auc_weighs_pixels_by_the_whole_sets_colours():
+def test_set_rebalanced_auc_smooths_the_sets_colours_as_the_prior_is_smoothed():
+    # three bins: 0 and 1 ten apart (the sigma-5 kernel between them: e^-2), 2 far from both
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [100.0, 0.0]])
+    # image 1: 100 pixels of bin 0, each 30 off (pixel AuC 121/151)
+    truth_1, pred_1 = np.zeros((2, 10, 10)), np.zeros((2, 10, 10))
+    pred_1[1] = 30.0
+    # image 2: 50 pixels of bin 0 as image 1's, 50 of bin 2 predicted 170 away (AuC 0)
+    truth_2, pred_2 = np.zeros((2, 10, 10)), np.zeros((2, 10, 10))
+    pred_2[1, :5] = 30.0
+    truth_2[0, 5:], pred_2[0, 5:] = 100.0, -70.0
+    sums = auc_by_true_bin(pred_1, truth_1, centers) + auc_by_true_bin(pred_2, truth_2, centers)
+    np.testing.assert_array_equal(sums, [[150, 0, 50], [150 * 121, 0, 0]])
+    # by hand: p = (3/4, 0, 1/4); smoothed (rows of the kernel normalised), p~ = (3/4 / (1 + e),
+    # 3/4 e / (1 + e), 1/4); w_q ~ 1 / (p~_q / 2 + 1 / (2 x 3)); figure = 121/151 x the share
+    # of the weight on bin 0's pixels, 150 w_0 / (150 w_0 + 50 w_2)
+    e = math.exp(-2.0)
+    w0, w2 = 1 / (0.75 / (1 + e) / 2 + 1 / 6), 1 / (0.25 / 2 + 1 / 6)
+    expected = 121 / 151 * 150 * w0 / (150 * w0 + 50 * w2)
+    assert set_rebalanced_auc(sums, centers) == pytest.approx(expected, rel=1e-6)
+    # by 1 / (the raw frequency), each bin's pixels weigh the same: half the figure is bin 2's
+    unsmoothed = 121 / 151 * 0.5
+    assert abs(expected - unsmoothed) > 0.1  # 0.511 against 0.401
+    alone = auc_by_true_bin(pred_1, truth_1, centers)
+    assert set_rebalanced_auc(alone, centers) == pytest.approx(121 / 151, rel=1e-6)
+    assert set_rebalanced_auc(np.zeros((2, 3), np.int64), centers) is None
+
+
+def test_set_rebalanced_auc_from_shard_sums_is_the_whole_sets(photos):
+    """Per-bin sums of images added shard by shard equal those of the whole set at once (the
+    images side by side), and the figure from them is the weighted AuC of every pixel."""
+    from skimage.color import rgb2lab
+
     from models.bins import gamut_bin_centers
+    from models.targets import rebalance_weights, smoothed_prior
 
     centers = gamut_bin_centers()
-    rare = (60.0, 60.0)
-    # image 1: 100 pixels of the common colour, predicted exactly (pixel AuC 1)
-    truth_1 = np.zeros((2, 10, 10))
-    # image 2: 50 common pixels exact, 50 rare ones predicted 170 away (pixel AuC 0)
-    truth_2 = np.zeros((2, 10, 10))
-    truth_2[:, 5:] = np.array(rare)[:, None, None]
-    pred_2 = np.where(truth_2 == 60.0, -60.0, 0.0)
-    images = [auc_by_true_bin(truth_1, truth_1, centers), auc_by_true_bin(pred_2, truth_2, centers)]
-    assert images[1][0].sum() == 100 and math.isclose(images[1][1].sum(), 50.0)
-    assert math.isclose(auc(pred_2, truth_2), 0.5)  # unweighted, image 2 scores 0.5
-    # the set holds 150 common and 50 rare pixels: weights 200/150 and 200/50, so image 2
-    # scores (4/3 * 50) / (4/3 * 50 + 4 * 50) = 0.25 (rebalanced by its own pixels, 0.5)
-    assert math.isclose(set_rebalanced_auc(images), (1.0 + 0.25) / 2)
-    assert set_rebalanced_auc([images[0]]) == 1.0 and set_rebalanced_auc([]) is None
+    rng = np.random.default_rng(3)
+    truths, preds = [], []
+    for name, width in (("astronaut", 40), ("coffee", 56), ("chelsea", 24), ("coffee", 32)):
+        x = int(rng.integers(0, photos[name].shape[1] - width))
+        ab = rgb2lab(photos[name][100:148, x : x + width]).transpose(2, 0, 1)[1:]
+        truths.append(ab)
+        preds.append(0.4 * ab + rng.normal(0, 5, ab.shape))  # dull: the rarer, the further off
+    per_image = [auc_by_true_bin(p, t, centers) for p, t in zip(preds, truths, strict=True)]
+    shards = [per_image[0] + per_image[1], per_image[2], per_image[3]]
+    merged = np.sum(shards, axis=0)
+    truth_all, pred_all = np.concatenate(truths, axis=2), np.concatenate(preds, axis=2)
+    np.testing.assert_array_equal(merged, auc_by_true_bin(pred_all, truth_all, centers))
+    figure = set_rebalanced_auc(merged, centers)
+    assert figure == set_rebalanced_auc(auc_by_true_bin(pred_all, truth_all, centers), centers)
+    # the definition: every pixel of the set weighted by w of its true bin, one AuC
+    weights = rebalance_weights(smoothed_prior(torch.from_numpy(merged[0]), centers))
+    pixel_weights = weights.double().numpy()[nearest_bins(truth_all, centers.numpy())]
+    assert figure == pytest.approx(auc(pred_all, truth_all, pixel_weights), rel=1e-9)
+    assert figure != pytest.approx(auc(pred_all, truth_all), rel=1e-3)  # it reweighs
 
 
 def test_psnr_known_value_and_ssim_identity():

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -110,3 +115,41 @@ def test_image_prefix_on_s3_to_local_dest(tmp_path: Path, s3_server, bucket, ray
     parts = [str(p) for p in (tmp_path / "out").glob("*.parquet")]
     table = pq.read_table(parts, columns=["id", "status"])
     assert sorted(table["id"].to_pylist()) == sorted(files)
+
+
+def test_colorize_and_evaluate_leave_no_temp_file(tmp_path: Path, s3_server, bucket):
+    """colorize and evaluate over a 3-shard archive on S3, the model on S3 too, leave nothing in
+    the temp folder of any of their processes: the flow's, the Ray actors' and tasks'. They run
+    in a process of their own with a fresh TMPDIR, which its own local Ray and every worker it
+    starts inherit (the session's Ray started with another)."""
+    files = make_image_folder(tmp_path / "photos")
+    for rel, blob in files.items():
+        storage.write_bytes(f"s3://{bucket}/incoming/{rel}", blob)
+    pack_images(f"s3://{bucket}/incoming", f"s3://{bucket}/packed", shard_size=4)
+    assert len(_keys(s3_server, bucket, "packed/")) == 3
+    model_path = tmp_path / "small.safetensors"
+    models.save(models.build("small"), model_path)
+    storage.write_bytes(f"s3://{bucket}/models/small.safetensors", model_path.read_bytes())
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from flows.colorize import colorize_archive
+        from flows.evaluate import evaluate_model
+        where = dict(model="s3://{bucket}/models/small.safetensors", s3_endpoint_url="{s3_server}")
+        colorized = colorize_archive("s3://{bucket}/packed", "s3://{bucket}/out", **where)
+        evaluated = evaluate_model("s3://{bucket}/packed", out="s3://{bucket}/eval", split="all",
+                                   **where)
+        json.dump([colorized["shards"], evaluated["images"]], open(sys.argv[1], "w"))
+        """
+    )
+    env = {**os.environ, "TMPDIR": str(temp),
+           "ARCHIVE_COLORIZE_RAY_TEMP": tempfile.mkdtemp(prefix="acr", dir="/tmp")}  # fmt: skip
+    outcome = tmp_path / "outcome.json"
+    run = subprocess.run([sys.executable, "-c", script, str(outcome)], env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    shards, evaluated = json.loads(outcome.read_text())
+    assert shards["done"] == 3 and not shards["failed"] and evaluated == 4  # 4 colour photos
+    assert sorted(p.relative_to(temp).as_posix() for p in temp.rglob("*")) == []

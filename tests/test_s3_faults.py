@@ -15,7 +15,8 @@ import pytest
 from skimage import data
 
 from flows.colorize import colorize_archive
-from pipeline.archive import storage
+from pipeline.archive import manifest, storage
+from pipeline.review.report import load_committed_stats
 from tests.archive_helpers import jpeg
 from tests.s3_faults import FaultProxy
 from tests.test_archive import ray_local, small_model  # noqa: F401 - shared fixtures
@@ -118,3 +119,25 @@ def test_an_outage_after_the_first_commit(proxy, s3_server, ray_local, small_mod
     assert len(commits) == IMAGES // 4
     assert result["shards"]["failed"] == [] and result["shards"]["done"] == IMAGES // 4
     _check(bucket, s3_server, ids, proxy)
+
+
+def test_missing_keys_answering_403(proxy, s3_server, ray_local, small_model, tmp_path):  # noqa: F811
+    """Without s3:ListBucket, S3 answers a missing key with 403 AccessDenied, not 404: such a
+    key reads as a missing local file does, and a whole run and its rerun go as usual."""
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    ids = _scans(bucket, s3_server)
+    proxy.missing_as_403 = True
+    storage.configure(proxy.url)
+    for dest in (str(tmp_path / "out"), f"s3://{bucket}/out"):
+        missing = storage.join(dest, "nothing.json")
+        assert not storage.exists(missing)
+        with pytest.raises(FileNotFoundError, match="permission" if "s3" in dest else "nothing"):
+            storage.read_bytes(missing)
+        assert storage.read_json(missing) is None
+        assert manifest.read(dest) is None and load_committed_stats(dest) == []
+    assert proxy.injected["404 answered as 403 AccessDenied"] >= 3
+    result = _run(bucket, proxy, small_model)
+    assert result["shards"]["failed"] == [] and result["shards"]["done"] == IMAGES // 4
+    _check(bucket, s3_server, ids, proxy)
+    again = _run(bucket, proxy, small_model)
+    assert again["shards"]["done"] == 0 and again["shards"]["skipped"] == IMAGES // 4

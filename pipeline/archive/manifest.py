@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from importlib import metadata
 from typing import Any
@@ -43,6 +44,10 @@ OPTIONS = {
 
 class SettingsChanged(ValueError):
     """A run whose settings differ from those DEST was made with; the message says the way out."""
+
+
+class SourceChanged(ValueError):
+    """A run from a SOURCE that DEST was not made from; the message says the ways out."""
 
 
 def output_settings(
@@ -84,18 +89,17 @@ def manifest_uri(dest: str) -> str:
 
 
 def read(dest: str) -> dict[str, Any] | None:
-    uri = manifest_uri(dest)
-    if not storage.exists(uri):
-        return None
-    document: dict[str, Any] = json.loads(storage.read_bytes(uri))
-    return document
+    return storage.read_json(manifest_uri(dest))
 
 
-def document(settings: dict[str, Any], *, adopted: bool = False) -> dict[str, Any]:
+def document(
+    settings: dict[str, Any], *, adopted: bool = False, sources: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     return {
         "settings": settings,
         "settings_hash": settings_hash(settings),
         "adopted": adopted,
+        "sources": sources or [],  # [{"uri": normalised SOURCE, "namespace": its own in DEST}]
         "code_version": code_version(),  # for information: never compared
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -143,8 +147,8 @@ def reconcile(
         changes = differences(existing["settings"], settings)
         if not changes:
             return existing, False
-        if recolorize:
-            return document(settings), True
+        if recolorize:  # new settings, the same sources
+            return document(settings, sources=existing.get("sources")), True
         raise SettingsChanged(refusal(dest, changes, settings))
     if not committed:
         return document(settings), True
@@ -173,3 +177,56 @@ def is_current(stats: ShardStats, manifest: dict[str, Any]) -> bool:
     if stats.settings:
         return bool(stats.settings == manifest["settings_hash"])
     return bool(manifest.get("adopted")) and stats.model == manifest["settings"]["model"]
+
+
+def namespace_of(source: str) -> str:
+    """An added source's namespace in DEST: its last name, readable, and 8 hex of the hash of
+    its normalised URI, so that two sources of one name differ (`photos-2-1a2b3c4d`)."""
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", source.rsplit("/", 1)[-1]).strip("-.")[:40]
+    return f"{tail or 'source'}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+
+
+def admit_source(
+    dest: str, manifest: dict[str, Any], source: str, add_source: bool
+) -> tuple[dict[str, Any], str, bool]:
+    """(the manifest with `source` in it, the source's namespace, whether the manifest changed),
+    or SourceChanged. `source` is normalised. Reads and writes nothing."""
+    sources: list[dict[str, str]] = manifest.get("sources") or []
+    for known in sources:
+        if known["uri"] == source:
+            return manifest, known["namespace"], False
+    if not sources:  # a new DEST, or a manifest older than sources: the run's is DEST's
+        entry = {"uri": source, "namespace": ""}
+    elif add_source:
+        _check_apart(dest, [known["uri"] for known in sources], source)
+        entry = {"uri": source, "namespace": namespace_of(source)}
+    else:
+        raise SourceChanged(_source_refusal(dest, [known["uri"] for known in sources], source))
+    return {**manifest, "sources": [*sources, entry]}, entry["namespace"], True
+
+
+def _source_refusal(dest: str, known: list[str], source: str) -> str:
+    return "\n".join(
+        [
+            f"DEST {dest} was made from another SOURCE than this run's ({MANIFEST}):",
+            *(f"  SOURCE of DEST: {uri}" for uri in known),
+            f"  this run's SOURCE: {source}",
+            "Nothing was written. Either:",
+            "  - write this source to a new DEST;",
+            "  - or pass --add-source to colorize it into DEST beside the other(s) on purpose: "
+            f"its shards and ids are then named in a namespace of its own ({namespace_of(source)}/"
+            "...), so that none collides with theirs.",
+        ]
+    )
+
+
+def _check_apart(dest: str, known: list[str], source: str) -> None:
+    """An added source inside another of DEST's (or around one) would colorize the same images
+    twice, under two names."""
+    for uri in known:
+        if source.startswith(uri + "/") or uri.startswith(source + "/"):
+            raise SourceChanged(
+                f"--add-source: SOURCE {source} and {uri}, already DEST {dest}'s, hold the same "
+                "images (one is inside the other): nothing was written. Colorize each image "
+                "from one source only (or write to a new DEST)."
+            )

@@ -3,6 +3,11 @@
 An input shard is one Parquet file, or a fixed chunk of an image-file listing. The listing of
 a folder is frozen in DEST/_listing.json on the first run, so shard boundaries never move
 when files are added later (new files become new shards).
+
+A DEST that holds more than one SOURCE (`colorize --add-source`, manifest.py) gives each added
+one a namespace: its shards are named `<namespace>/<name>` (DEST/<namespace>/<name>.parquet,
+its listing DEST/<namespace>/_listing.json) and its rows' ids `<namespace>/<id>`, so neither
+collides with another source's. The first source has none: its names are as they always were.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Shard:
     kind: str  # "parquet" or "files"
     uri: str  # the Parquet file, or the root folder/prefix of the files
     files: tuple[str, ...] = ()  # relative paths under `uri`, for kind "files"
+    namespace: str = ""  # its source's in DEST (module doc): prefixes `name` and every row's id
 
     def output_uri(self, dest: str) -> str:
         return storage.join(dest, f"{self.name}.parquet")
@@ -68,31 +74,45 @@ class Shard:
         return storage.join(dest, SAMPLES_DIR, f"{self.name}.png")
 
 
-def list_shards(source: str, dest: str, shard_size: int = 256) -> list[Shard]:
-    """The shards of an archive: its Parquet files, else its image files in chunks."""
+def list_shards(source: str, dest: str, shard_size: int = 256, namespace: str = "") -> list[Shard]:
+    """The shards of an archive: its Parquet files, else its image files in chunks; named in
+    `namespace` when DEST gave its source one."""
     if shard_size < 1:
         raise SourceError(f"--shard-size must be >= 1, got {shard_size}")
     if not storage.source_exists(source):
         raise SourceError(f"source {source!r} does not exist or is empty: check the path/URI")
-    dest_prefix = storage.join(dest, "")
-    files = [u for u in storage.list_files(source) if not u.startswith(dest_prefix)]
+    inside_dest = storage.normalize(dest) + "/"  # DEST's own files, where DEST is in SOURCE
+    files = [
+        u for u in storage.list_files(source) if not storage.normalize(u).startswith(inside_dest)
+    ]
     parquet = [u for u in files if u.endswith(".parquet")]
     if parquet:
         root = source if parquet[0] != source else source.rsplit("/", 1)[0]  # a single file
-        return [Shard(storage.relative(root, u)[: -len(".parquet")], "parquet", u) for u in parquet]
+        names = [storage.relative(root, u)[: -len(".parquet")] for u in parquet]
+        return [
+            Shard(_named(namespace, name), "parquet", uri, namespace=namespace)
+            for name, uri in zip(names, parquet, strict=True)
+        ]
     images = [storage.relative(source, u) for u in files if u.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
         raise SourceError(
             f"source {source!r} has no Parquet files and no images ({', '.join(IMAGE_SUFFIXES)})"
         )
-    return _file_shards(source, dest, images, shard_size)
+    return _file_shards(source, dest, images, shard_size, namespace)
 
 
-def _file_shards(source: str, dest: str, images: list[str], shard_size: int) -> list[Shard]:
-    listing_uri = storage.join(dest, LISTING)
+def _named(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}" if namespace else name
+
+
+def _file_shards(
+    source: str, dest: str, images: list[str], shard_size: int, namespace: str
+) -> list[Shard]:
+    listing_uri = storage.join(dest, _named(namespace, LISTING))
     frozen: list[dict[str, Any]] = []
-    if storage.exists(listing_uri):
-        saved = json.loads(storage.read_bytes(listing_uri))
+    saved = storage.read_json(listing_uri)
+    if saved is not None:
+        _check_listing_source(listing_uri, saved["source"], source)
         frozen = saved["shards"]
         shard_size = saved["shard_size"]
     known = {f for s in frozen for f in s["files"]}
@@ -100,9 +120,22 @@ def _file_shards(source: str, dest: str, images: list[str], shard_size: int) -> 
     if new or not frozen:
         for i in range(0, len(new), shard_size):
             frozen.append({"name": f"files-{len(frozen):05d}", "files": new[i : i + shard_size]})
-        doc = {"source": source, "shard_size": shard_size, "shards": frozen}
+        doc = {"source": storage.normalize(source), "shard_size": shard_size, "shards": frozen}
         storage.write_bytes(listing_uri, json.dumps(doc, indent=1).encode())
-    return [Shard(s["name"], "files", source, tuple(s["files"])) for s in frozen]
+    return [
+        Shard(_named(namespace, s["name"]), "files", source, tuple(s["files"]), namespace)
+        for s in frozen
+    ]
+
+
+def _check_listing_source(listing_uri: str, recorded: str, source: str) -> None:
+    """A listing is one folder's: another folder's files must never join its shards."""
+    if not storage.same_place(recorded, storage.normalize(source)):
+        raise SourceError(
+            f"{listing_uri} freezes the files of {recorded}, not of this run's SOURCE "
+            f"{source}: nothing was written. Write to a new DEST, or colorize {recorded} "
+            "into it first (DEST then records it) and add this one with --add-source"
+        )
 
 
 def is_committed(shard: Shard, dest: str) -> bool:
@@ -163,7 +196,8 @@ def read_batches(shard: Shard, columns: ColumnNames, batch_rows: int) -> Iterato
             rel = shard.files[i : i + batch_rows]
             uris = [storage.join(shard.uri, f) for f in rel]
             loaders = [_file_loader(u) for u in uris]
-            yield RowBatch(list(rel), loaders, _no_columns(len(rel)))
+            ids = [_named(shard.namespace, f) for f in rel]
+            yield RowBatch(ids, loaders, _no_columns(len(rel)))
         return
     fs, path = storage.arrow_fs(shard.uri)
     pfile = pq.ParquetFile(path, filesystem=fs)
@@ -172,9 +206,9 @@ def read_batches(shard: Shard, columns: ColumnNames, batch_rows: int) -> Iterato
         table = pa.Table.from_batches([batch])
         images = image_bytes_column(table.column(columns.image))
         if columns.id in table.column_names:
-            ids = [str(v) for v in table.column(columns.id).to_pylist()]
+            ids = [_named(shard.namespace, str(v)) for v in table.column(columns.id).to_pylist()]
             meta = table.drop_columns([columns.image, columns.id])
-        else:
+        else:  # the shard's name holds its namespace already
             ids = [f"{shard.name}:{row + i}" for i in range(table.num_rows)]
             meta = table.drop_columns([columns.image])
         row += table.num_rows

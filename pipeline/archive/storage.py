@@ -61,6 +61,23 @@ def parse_s3(uri: str) -> S3Location:
     return S3Location(parsed.netloc, parsed.path.lstrip("/"))
 
 
+def normalize(uri: str) -> str:
+    """One spelling per place, to compare sources: an absolute local path (`~` expanded, `..`
+    and trailing slashes resolved, symlinks kept), or the s3:// URI without trailing slashes."""
+    if is_s3(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def same_place(recorded: str, uri: str) -> bool:
+    """Does `recorded` (as an older version wrote it: maybe relative to another working
+    directory) name the normalised `uri`? A relative one matches a `uri` that ends with it."""
+    if is_s3(recorded) or os.path.isabs(os.path.expanduser(recorded)):
+        return normalize(recorded) == uri
+    tail = os.path.normpath(recorded)
+    return uri == tail or uri.endswith(os.sep + tail)
+
+
 def join(base: str, *parts: str) -> str:
     if is_s3(base):
         return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
@@ -111,6 +128,18 @@ def arrow_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).absolute())
 
 
+# S3 answers a missing key with 404, or with 403 when the caller may not list the bucket
+# (s3:ListBucket): it then does not tell a missing key from a forbidden one. Both read as
+# absent, as a missing file does locally; a real lack of permission still fails loudly at the
+# next listing or write, and a read names it (`read_bytes`).
+_MISSING = ("404", "NoSuchKey", "NotFound")
+_DENIED = ("403", "AccessDenied", "Forbidden")
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
 def exists(uri: str) -> bool:
     if is_s3(uri):
         from botocore.exceptions import ClientError
@@ -120,7 +149,7 @@ def exists(uri: str) -> bool:
             _s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(exc) in (*_MISSING, *_DENIED):
                 return False
             raise
     return Path(uri).exists()
@@ -156,12 +185,22 @@ def source_exists(uri: str) -> bool:
 def read_bytes(uri: str) -> bytes:
     """The object's bytes; FileNotFoundError when there is none, on S3 as on a disk."""
     if is_s3(uri):
-        client = _s3_client()
+        from botocore.exceptions import ClientError
+
         loc = parse_s3(uri)
         try:
-            body: bytes = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
-        except client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(uri) from exc
+            body: bytes = _s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _MISSING:
+                raise FileNotFoundError(uri) from exc
+            if code in _DENIED:
+                raise FileNotFoundError(
+                    f"{uri}: S3 answered {code} (access denied): no such object, or no "
+                    "permission to read it (s3:GetObject; without s3:ListBucket S3 answers "
+                    "403 for a missing key)"
+                ) from exc
+            raise
         return body
     return Path(uri).read_bytes()
 
@@ -230,9 +269,11 @@ def delete(uri: str) -> None:
 
 def local_staging_dir(dest: str) -> str:
     """Where to build a file before committing it to `dest`: beside it locally (same filesystem,
-    so the commit is a rename), a temp dir for S3."""
+    so the commit is a rename), the system's temp folder for S3. Its files go with their
+    commit or abort (`shards.ShardWriter`), so the folder is never removed (nor made: a
+    folder per call for S3 was left behind by every shard)."""
     if is_s3(dest):
-        return tempfile.mkdtemp(prefix="archive-colorize-")
+        return tempfile.gettempdir()
     staging = Path(dest, "_tmp")
     staging.mkdir(parents=True, exist_ok=True)
     return str(staging)
@@ -255,13 +296,17 @@ def clean_staging(dest: str, max_age_seconds: float = 3600.0) -> None:
         staging.rmdir()
 
 
-def fetch_to_local(uri: str) -> str:
-    """A local path for `uri`. An S3 object is downloaded into a fresh temp folder under its own
-    file name, since the name is part of what identifies it (a model's id in rows and in DEST's
-    manifest): a random name would make every run's model look new."""
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path for `uri` while the block runs. An S3 object is downloaded into a temp
+    folder under its own file name, since the name is part of what identifies it (a model's id
+    in rows and in DEST's manifest: a random name would make every run's model look new); the
+    folder goes when the block ends, so no run leaves a copy behind."""
     if not is_s3(uri):
-        return uri
+        yield uri
+        return
     loc = parse_s3(uri)
-    path = os.path.join(tempfile.mkdtemp(prefix="archive-colorize-"), PurePosixPath(loc.key).name)
-    _s3_client().download_file(loc.bucket, loc.key, path)
-    return path
+    with tempfile.TemporaryDirectory(prefix="archive-colorize-") as folder:
+        path = os.path.join(folder, PurePosixPath(loc.key).name)
+        _s3_client().download_file(loc.bucket, loc.key, path)
+        yield path

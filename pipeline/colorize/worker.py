@@ -9,14 +9,15 @@ finish (upsample ab, Lab -> RGB), score, encode and make the gallery images of b
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import hashlib
 import json
 import os
 import resource
-import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,11 +143,12 @@ def model_id(path: str) -> str:
     return f"{os.path.basename(path)}@{digest.hexdigest()[:12]}"
 
 
-def resolve_model(model: str) -> str:
-    """A local checkpoint path for "default", a path, or an s3:// URI."""
-    if model == "default":
-        return str(models.DEFAULT_MODEL)
-    return storage.fetch_to_local(model)
+@contextlib.contextmanager
+def resolve_model(model: str) -> Iterator[str]:
+    """A local checkpoint path for "default", a path, or an s3:// URI, while the block runs
+    (an S3 model's copy is removed after it: load it inside)."""
+    with storage.local_copy(str(models.DEFAULT_MODEL) if model == "default" else model) as path:
+        yield path
 
 
 @dataclass
@@ -190,9 +192,9 @@ class ShardColorizer:
         self.threads = threads or os.cpu_count() or 1
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        path = resolve_model(model)
-        self.model = models.load(path, device=self.device)
-        self.model_id = model_id(path)
+        with resolve_model(model) as path:
+            self.model = models.load(path, device=self.device)
+            self.model_id = model_id(path)
         # what each shard's stats record: the manifest's hash of the settings used here
         self.settings = manifest.output_settings(
             self.model_id,
@@ -233,8 +235,7 @@ class ShardColorizer:
         # as the shard's old output stays whole until the new one commits
         replacing = storage.exists(shard.stats_uri(dest))
         stats.node, stats.device = self.node, str(self.device)
-        staging = storage.local_staging_dir(dest)
-        writer = ShardWriter(shard.output_uri(dest), staging)
+        writer = ShardWriter(shard.output_uri(dest), storage.local_staging_dir(dest))
         samples: list[Image.Image] = []
         try:
             batches = read_batches(shard, self.columns, self.options.batch_size)
@@ -260,9 +261,6 @@ class ShardColorizer:
         except BaseException:
             writer.abort()
             raise
-        finally:
-            if storage.is_s3(dest):
-                shutil.rmtree(staging, ignore_errors=True)
         if samples:
             stats.sample = shard.sample_uri(dest)
             storage.write_bytes(stats.sample, sample_strip(samples))

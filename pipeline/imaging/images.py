@@ -130,7 +130,8 @@ def read_metadata(img: Image.Image, dropped: list[str] | None = None) -> dict[st
     found damaged (and left out) are appended to `dropped`."""
     dropped = [] if dropped is None else dropped
     iptc = _guarded("iptc", dropped, lambda: _iptc_records(img) or _png_iptc_records(img))
-    return _metadata(img, iptc, _guarded("exif", dropped, lambda: _exif_of(img)), dropped)
+    exif = _guarded("exif", dropped, lambda: _exif_of(img))
+    return _metadata(img, iptc, exif, dropped, _stand_in_dpi(img))
 
 
 def _guarded(kind: str, dropped: list[str], read: Callable[..., Any], *args: Any) -> Any:
@@ -204,8 +205,28 @@ def _png_iptc_text(records: bytes) -> bytes:
     return f"\niptc\n{len(records):8d}\n{lines}\n".encode()
 
 
+def _stand_in_dpi(img: Image.Image) -> bool:
+    """Is Pillow's dpi one that stands in for none? (1, 1) for a TIFF without XResolution;
+    (72, 72) for a JPEG whose JFIF gives no unit and whose EXIF no XResolution and
+    ResolutionUnit. Asked of the image as opened: a transposed copy has lost its format and
+    tags, not its dpi."""
+    if img.format == "TIFF":
+        return 282 not in getattr(img, "tag_v2", {})
+    if img.format != "JPEG" or img.info.get("jfif_unit") or "exif" not in img.info:
+        return False
+    try:
+        exif = img.getexif()
+    except Exception:  # damaged EXIF: Pillow's 72 again
+        return True
+    return 282 not in exif or 296 not in exif
+
+
 def _metadata(
-    img: Image.Image, iptc: bytes | None, exif: Image.Exif | None, dropped: list[str]
+    img: Image.Image,
+    iptc: bytes | None,
+    exif: Image.Exif | None,
+    dropped: list[str],
+    stand_in_dpi: bool,
 ) -> dict[str, Any]:
     """The metadata to carry, each kind checked on its own; damaged ones go to `dropped`."""
     meta: dict[str, Any] = {}
@@ -218,8 +239,8 @@ def _metadata(
     checks: dict[str, Callable[[Any], Any]] = {"dpi": _checked_dpi, "icc_profile": _checked_icc}
     for key, check in checks.items():
         value = img.info.get(key)
-        if key == "dpi" and img.format == "TIFF" and 282 not in getattr(img, "tag_v2", {}):
-            continue  # no XResolution: Pillow's (1, 1) stands in for none
+        if key == "dpi" and stand_in_dpi:
+            continue
         if value is not None and (key != "icc_profile" or value):
             checked = _guarded(KIND_OF_KEY[key], dropped, check, value)
             if checked is not None:
@@ -263,13 +284,17 @@ def _lightness_table(bits: int) -> np.ndarray:
 def decode_pil(img: Image.Image) -> Decoded:
     """A PIL image (already open) -> Decoded; see `decode_image`."""
     dropped: list[str] = []
-    # before the transpose, which drops TIFF tags
+    # Loaded first: Pillow turns a TIFF upright as it loads it (and drops its orientation), so
+    # an image opened but not yet loaded would be turned twice. Then, before our transpose,
+    # which drops the TIFF tags: what is read from them.
+    img.load()
     iptc = _guarded("iptc", dropped, lambda: _iptc_records(img) or _png_iptc_records(img))
     exif = _guarded("exif", dropped, lambda: _exif_of(img))
+    stand_in_dpi = _stand_in_dpi(img)
     orientation = _orientation(exif)
     plain_gray_jpeg = img.format == "JPEG" and img.mode == "L" and orientation == 1
     img = _upright(img, orientation)
-    meta = _metadata(img, iptc, exif, dropped)
+    meta = _metadata(img, iptc, exif, dropped, stand_in_dpi)
     mode = img.mode
     if mode not in SUPPORTED_MODES:
         raise ImageError("unsupported_mode", f"unsupported image mode {mode!r}")

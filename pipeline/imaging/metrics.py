@@ -3,6 +3,8 @@
 AuC: the paper's "raw accuracy" curve: fraction of pixels whose ab error (L2) is within t, for
 t = 0, 1, ..., 150, and the area under it normalised to [0, 1]. The rebalanced AuC weights
 each pixel by the inverse prior of its true bin, so rare colours count as much as common ones.
+The set-rebalanced AuC weights them by the evaluated set's own colours, smoothed and mixed
+with the uniform as the loss's weights are (`set_rebalanced_auc`, from per-bin sums).
 PSNR is scikit-image's and SSIM its definition (7 x 7 uniform window, sample covariance)
 in numba box sums, on RGB in [0, 1]. Colourfulness is Hasler and Suesstrunk
 (2003) on 0-255 RGB.
@@ -18,6 +20,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from models.bins import GRID
+from models.targets import rebalance_weights, smoothed_prior
 from pipeline.imaging.lab_cpu import opponent_sums, rgbx_of
 from pipeline.imaging.resize_cpu import shrink
 
@@ -61,28 +64,42 @@ def auc_of_steps(steps: np.ndarray, pixel_weights: np.ndarray | None = None) -> 
 def auc_by_true_bin(
     ab_pred: np.ndarray, ab_true: np.ndarray, centers: torch.Tensor, max_side: int = 0
 ) -> np.ndarray:
-    """(2, Q) float64: per bin of the true ab, its pixel count and the sum of those pixels' own
-    AuC ((151 - step) / 151, so that count-weighted they give `auc`). Summed over a set, the
-    counts are the set's own ab frequencies, which `set_rebalanced_auc` weighs by."""
+    """(2, Q) int64: per bin of the true ab, its pixel count and the sum over those pixels of
+    the thresholds each meets (151 - step: a pixel's own AuC times 151, so that summed and
+    divided by 151 x the count they give `auc`). Integers: the sums of a set's images, added
+    in any order or shard by shard, are exact, and they are all `set_rebalanced_auc` needs."""
     if max_side > 0 and max(ab_true.shape[1:]) > max_side:
         ab_pred, ab_true = downscale(max_side, ab_pred, ab_true)
     last = len(AUC_THRESHOLDS)
     steps = error_steps(ab_pred, ab_true)
     bins = nearest_bins(ab_true, centers.cpu().numpy()).ravel()
     q = centers.shape[0]
-    pixel_auc = (last - steps) / last
-    return np.stack([np.bincount(bins, minlength=q), np.bincount(bins, pixel_auc, minlength=q)])
+    met = np.bincount(bins, last - steps, minlength=q)  # float64 of integers < 2^53: exact
+    return np.stack([np.bincount(bins, minlength=q), met.astype(np.int64)])
 
 
-def set_rebalanced_auc(per_image: list[np.ndarray]) -> float | None:
-    """Mean over the images of their AuC with each pixel weighted by 1 / (the frequency of its
-    true bin over the whole set): rebalanced by the set's own colours, as a scorer that knows
-    no model's prior does. `per_image`: `auc_by_true_bin` of each image, on the same bins."""
-    if not per_image:
+def set_rebalanced_auc(
+    sums: np.ndarray, centers: torch.Tensor | np.ndarray, sigma: float = 5.0, lam: float = 0.5
+) -> float | None:
+    """The AuC of a set's pixels, each weighted by w(q) of its true bin q, with w the paper's
+    rebalancing made from the set's own colours instead of a model's training prior: p~ = the
+    set's bin frequencies smoothed by a Gaussian over ab (`sigma`, as `smoothed_prior` smooths
+    a model's prior), w proportional to ((1 - lam) p~ + lam / Q)^-1, normalised so that
+    E_p~[w] = 1 (`rebalance_weights`, lam = 1/2 as in the loss). The mixing with the uniform
+    keeps every weight under Q / lam (2Q) times the mean, so a pixel of a rare colour weighs as
+    2Q average pixels at most; under 1 / (raw frequency) every bin's pixels together weigh as
+    much as the commonest colour's, however few they are.
+
+    `sums`: `auc_by_true_bin` summed over the set's images (any split into shards: the sums
+    add), on the bins `centers`. Pooled over the set's pixels,
+    sum_q w_q met_q / (151 sum_q w_q count_q), so the figure is a function of these sums
+    alone and the same however the set is split. None for a set of no pixels."""
+    counts, met = np.asarray(sums, dtype=np.int64)
+    if counts.sum() == 0:
         return None
-    counts = np.sum([image[0] for image in per_image], axis=0)
-    weights = np.divide(counts.sum(), counts, out=np.zeros_like(counts), where=counts > 0)
-    return float(np.mean([(weights @ image[1]) / (weights @ image[0]) for image in per_image]))
+    prior = smoothed_prior(torch.from_numpy(counts), torch.as_tensor(centers), sigma)
+    weights = rebalance_weights(prior, lam).double().numpy()
+    return float((weights @ met) / (len(AUC_THRESHOLDS) * (weights @ counts)))
 
 
 def inverse_prior_weights(

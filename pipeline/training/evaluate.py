@@ -67,12 +67,16 @@ def evaluate_shard(
     metrics_max_side: int = 512,
 ) -> dict[str, Any]:
     """Scores of the model and of the gray baseline over the colour photos of `split` in
-    `shard`: {"shard", "model": ShardStats JSON, "gray": ShardStats JSON, "skipped": {...}}.
+    `shard`: {"shard", "model": ShardStats JSON, "gray": ShardStats JSON, "skipped": {...},
+    "uncertainty_error": [(uncertainty, mean ab error)] per image, "auc_bin_sums": {"model",
+    "gray"}: `auc_by_true_bin` summed over the shard's images ((2, Q), whatever the number of
+    images), "bin_centers": their bins}.
 
     With `degrade`, both see the old-print version of each photo's L (`OLD_PRINT`, seeded by
     its id) and are scored against its clean colours."""
     storage.configure(s3_endpoint_url)
-    colorizer = models.load(resolve_model(model))
+    with resolve_model(model) as path:  # an S3 model's copy goes with the block
+        colorizer = models.load(path)
     if flip_average is not None:  # test-time flip averaging on or off, whatever the card says
         colorizer.flip_average = flip_average
     scored = {name: ShardStats(shard.name, shard.uri, "") for name in ("model", "gray")}
@@ -80,7 +84,8 @@ def evaluate_shard(
     cols = columns or ColumnNames()
     pairs: list[Image.Image] = []
     doubt: list[tuple[float, float]] = []  # (uncertainty, mean ab error) per image
-    by_bin: dict[str, list[np.ndarray]] = {"model": [], "gray": []}  # auc_by_true_bin per image
+    bins = colorizer.centers.shape[0]  # auc_by_true_bin summed over the shard's images
+    bin_sums = {name: np.zeros((2, bins), np.int64) for name in ("model", "gray")}
     for batch in read_batches(shard, cols, batch_size):
         kept = []
         for row_id, load in zip(batch.ids, batch.loaders, strict=True):
@@ -111,9 +116,7 @@ def evaluate_shard(
                 pairs.append(sample_pair(*gray_and_colour(dec.lightness, rgb)))
             gray_rgb, gray_ab = gray_baseline(dec.lightness)
             for name, (p_rgb, p_ab) in (("model", (rgb, ab)), ("gray", (gray_rgb, gray_ab))):
-                by_bin[name].append(
-                    auc_by_true_bin(p_ab, dec.ab, colorizer.centers, metrics_max_side)
-                )
+                bin_sums[name] += auc_by_true_bin(p_ab, dec.ab, colorizer.centers, metrics_max_side)
                 scored[name].add_ok(
                     image_metrics(
                         p_rgb,
@@ -134,7 +137,8 @@ def evaluate_shard(
         "gray": scored["gray"].to_json(),
         "skipped": skipped,
         "uncertainty_error": doubt,
-        "auc_by_true_bin": by_bin,
+        "auc_bin_sums": bin_sums,
+        "bin_centers": colorizer.centers.tolist(),
     }
 
 
@@ -142,7 +146,8 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-shard evaluations -> {"images", "skipped", "metrics": {name: {"model", "gray"}}}.
 
     `auc_set_rebalanced` needs the whole set (its weights are the set's own ab frequencies),
-    so it is made here from every image's `auc_by_true_bin`, not averaged per shard."""
+    so it is made here, once, from the shards' per-bin sums added up (not averaged per shard):
+    the same figure as from the whole set in one shard."""
     merged: dict[str, dict[str, MetricSummary]] = {"model": {}, "gray": {}}
     skipped: dict[str, int] = {}
     images = 0
@@ -159,9 +164,12 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
         name: {who: merged[who][name].mean for who in ("model", "gray")}
         for name in sorted(merged["model"])
     }
-    if any(part.get("auc_by_true_bin", {}).get("model") for part in parts):
+    if images:
+        centers = parts[0]["bin_centers"]  # one model: the same bins in every part
         metrics["auc_set_rebalanced"] = {
-            who: set_rebalanced_auc([i for p in parts for i in p["auc_by_true_bin"][who]])
+            who: set_rebalanced_auc(
+                np.sum([part["auc_bin_sums"][who] for part in parts], axis=0), centers
+            )
             for who in ("model", "gray")
         }
     pairs = [pair for part in parts for pair in part.get("uncertainty_error", [])]
