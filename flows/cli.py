@@ -10,6 +10,13 @@ from typing import Any
 
 from pipeline.colorize.predict import PRECISIONS
 from pipeline.imaging.images import DEFAULT_MAX_PIXELS
+from pipeline.training.config import (
+    ARCHITECTURES,
+    LITE_DROPOUT,
+    OPTIONS,
+    SPLIT_OPTIONS,
+    option_defaults,
+)
 
 DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
 
@@ -38,6 +45,7 @@ def _colorize(args: argparse.Namespace) -> int:
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
         recolorize=args.recolorize,
+        add_source=args.add_source,
     )
     _print_summary(result, args.dest)
     failed = bool(result["shards"]["failed"])
@@ -94,13 +102,10 @@ def _print_summary(result: dict[str, Any], dest: str) -> None:
         print(f"  {result['gallery']}  (review gallery: open it in a browser)")
 
 
-RECIPE_OPTIONS = (
-    "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
-    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "weight_decay", "dropout",
-    "degrade", "stamps",
-    "paste", "workers", "checkpoint_every", "soft_k", "seed", "image_column", "id_column",
-    "prepared_data", "val_every", "val_max_photos", "patience", "loader_threads",
-)  # fmt: skip
+# train's and crossval's recipe: TrainConfig's options (but the split, which crossval sets per
+# fold) and where the prepared data is kept; every default is TrainConfig's (TRAIN_DEFAULTS)
+RECIPE_OPTIONS = (*(name for name in OPTIONS if name not in SPLIT_OPTIONS), "prepared_data")
+TRAIN_DEFAULTS = option_defaults()
 
 
 def _recipe(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,9 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     result = train_model(
         source=args.source,
         out=args.out,
-        val_fraction=args.val_fraction,
-        fold=args.fold,
-        holdout=args.holdout,
+        **{name: getattr(args, name) for name in SPLIT_OPTIONS},
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
@@ -246,6 +249,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """A recipe option of train/crossval (or the split's, shared with evaluate): its default
+    and type are TrainConfig's, so the command line cannot drift from the flow."""
+    default = TRAIN_DEFAULTS[flag[2:].replace("-", "_")]
+    if default is not None and "choices" not in kwargs:
+        kwargs.setdefault("type", type(default))
+    parser.add_argument(flag, default=default, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archive-colorize",
@@ -258,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="colorize an archive (Parquet shards or image files, local or s3://)",
         description="Colorize every image of SOURCE into DEST. Re-running resumes: shards "
         "with a stats file in DEST/_stats are skipped. DEST/_manifest.json records the model "
-        "and the settings that change the output; a run with others refuses unless "
-        "--recolorize.",
+        "and the settings that change the output, and the SOURCE; a run with other settings "
+        "refuses unless --recolorize, one from another SOURCE unless --add-source.",
     )
     col.add_argument("source", help="folder or s3:// prefix of Parquet shards or image files")
     col.add_argument("dest", help="output folder or s3:// prefix")
@@ -267,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="default", help="checkpoint path or s3:// URI, or 'default'"
     )
     col.add_argument(
-        "--temperature", type=float, default=0.38, help="annealed-mean T (default 0.38)"
+        "--temperature",
+        type=float,
+        default=None,
+        help="annealed-mean T (default: the model's own, from its card; 0.38 for the shipped one)",
     )
     col.add_argument(
         "--batch-size", type=int, default=8, help="images per forward pass (default 8)"
@@ -315,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         "shard with these, each replaced when its new output commits (without it, such a run "
         "refuses and writes nothing); a stopped recolorize resumes",
     )
+    col.add_argument(
+        "--add-source",
+        action="store_true",
+        help="SOURCE is not the one DEST was made from (DEST/_manifest.json): add it to DEST on "
+        "purpose, its shards and ids named in a namespace of its own (without it, such a run "
+        "refuses and writes nothing)",
+    )
     col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
     col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")
     col.add_argument(
@@ -336,109 +358,103 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3 endpoint for MinIO/Ceph/R2 (default: AWS_ENDPOINT_URL or AWS)",
     )
     common = argparse.ArgumentParser(add_help=False, parents=[where])
-    common.add_argument("--image-column", default="image", help="Parquet image column")
-    common.add_argument("--id-column", default="id", help="Parquet id column")
-    common.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
-    common.add_argument(
+    _train_option(common, "--image-column", help="Parquet image column")
+    _train_option(common, "--id-column", help="Parquet id column")
+    _train_option(common, "--val-fraction", help="validation share (default %(default)s)")
+    _train_option(
+        common,
         "--fold",
-        type=int,
-        default=0,
-        help="validation fold: the ids hashed into [fold, fold + 1) x --val-fraction (default 0)",
+        help="validation fold: the ids hashed into [fold, fold + 1) x --val-fraction (default "
+        "%(default)s)",
     )
-    common.add_argument(
+    _train_option(
+        common,
         "--holdout",
-        default="",
         help="instead of a fold, hold out every photo under this top folder of the ids (a "
         "packed folder's ids are its paths): a source the model never sees",
     )
     recipe = argparse.ArgumentParser(add_help=False)  # what `train` trains, and how
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--arch",
-        choices=("small", "eccv16", "lite0", "lite0-plain", "lite2", "lite2-plain", "lite2-slim"),
-        # models.nets.ARCHITECTURES (torch-free here)
-        default="lite2-plain",
+        choices=ARCHITECTURES,
         help="network: lite0/lite2 (an ImageNet EfficientNet-Lite encoder under the context "
         "decoder; -plain: the plain decoder), small or eccv16 (from scratch) (default "
-        "lite2-plain, the shipped default's)",
+        "%(default)s, the shipped default's)",
     )
-    recipe.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
-    recipe.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
-    recipe.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
-    recipe.add_argument(
+    _train_option(recipe, "--steps", help="optimizer steps (default %(default)s)")
+    _train_option(recipe, "--batch-size", help="per worker (default %(default)s)")
+    _train_option(recipe, "--lr", help="Adam learning rate (default %(default)s)")
+    _train_option(
+        recipe,
         "--lr-schedule",
         choices=("cosine", "constant"),
-        default="cosine",
-        help="after warm-up (default cosine)",
+        help="after warm-up (default %(default)s)",
     )
-    recipe.add_argument("--crop", type=int, default=176, help="random crop size (176)")
-    recipe.add_argument(
+    _train_option(recipe, "--crop", help="random crop size (default %(default)s)")
+    _train_option(
+        recipe,
         "--prepared",
         type=int,
-        default=None,
         help="side of the square each photo is resized to once; crops are drawn in it "
         "(default: 16/11 of --crop, 256 for 176, as the paper's data layer)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--scale-min",
-        type=float,
-        default=0.3,
-        help="random resized crops: least area fraction of the square (default 0.3; 1: plain)",
+        help="random resized crops: least area fraction of the square (default %(default)s; "
+        "1: plain)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--trainable-stages",
-        type=int,
-        default=0,
-        help="lite*: top encoder stages (of 7, +1 for the stem) that train (default 0: frozen)",
+        help="lite*: top encoder stages (of 7, +1 for the stem) that train (default "
+        "%(default)s: frozen)",
     )
-    recipe.add_argument(
-        "--unfreeze-at", type=int, default=0, help="lite*: step from which those stages learn (0)"
+    _train_option(
+        recipe, "--unfreeze-at", help="lite*: step from which those stages learn (%(default)s)"
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--encoder-lr-scale",
-        type=float,
-        default=0.1,
-        help="lite*: their learning rate as a fraction of --lr (default 0.1)",
+        help="lite*: their learning rate as a fraction of --lr (default %(default)s)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--ema-decay",
-        type=float,
-        default=0.999,
-        help="ship a moving average of the weights with this decay (default 0.999; 0: off)",
+        help="ship a moving average of the weights with this decay (default %(default)s; 0: off)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--weight-decay",
-        type=float,
-        default=1e-2,
-        help="Adam weight decay (L2) of the trained weights (default 1e-2)",
+        help="Adam weight decay (L2) of the trained weights (default %(default)s)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--dropout",
         type=float,
-        default=0.3,
-        help="lite*: dropout before the classifier while training (default 0.3)",
+        help=f"lite*: dropout before the classifier while training (default {LITE_DROPOUT} "
+        "for lite*; small and eccv16 have no dropout layer and refuse a rate above 0)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--degrade",
-        type=float,
-        default=0.6,
         help="share of training crops whose L input is degraded as an old print (faded, soft, "
         "grain, dust, JPEG) at random strengths; the target keeps the clean colours "
-        "(default 0.6)",
+        "(default %(default)s)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--stamps",
-        default="",
         help="folder or s3:// prefix of photographic cut-outs (RGBA PNG) to paste onto "
         "training crops (make stamp-corpus STAMPS=DIR builds one from tuxpaint-stamps-default)",
     )
-    recipe.add_argument(
-        "--paste", type=float, default=0.0, help="share of crops that get a stamp (default 0)"
+    _train_option(recipe, "--paste", help="share of crops that get a stamp (default %(default)s)")
+    _train_option(recipe, "--workers", help="Ray Train workers (DDP) (default %(default)s)")
+    _train_option(
+        recipe, "--checkpoint-every", help="steps between checkpoints (default %(default)s)"
     )
-    recipe.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    recipe.add_argument(
-        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
-    )
-    recipe.add_argument("--soft-k", type=int, default=5, help="soft-encoding neighbours (5)")
+    _train_option(recipe, "--soft-k", help="soft-encoding neighbours (default %(default)s)")
     recipe.add_argument(
         "--prepared-data",
         default=None,
@@ -446,32 +462,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(default OUT/prepared); runs on the same corpus with the same preparation settings "
         "share them (a subfolder per settings hash) and decode no photo again",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--val-every",
-        type=int,
-        default=0,
         help="score the shipped weights on the validation split every N steps and ship the "
-        "best checkpoint (default 0: off)",
+        "best checkpoint (default %(default)s: off)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--val-max-photos",
-        type=int,
-        default=64,
-        help="validation photos scored each time (the first N of the split; default 64)",
+        help="validation photos scored each time (the first N of the split; default %(default)s)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--patience",
-        type=int,
-        default=0,
-        help="stop after N validations without gain (default 0: never)",
+        help="stop after N validations without gain (default %(default)s: never)",
     )
-    recipe.add_argument(
+    _train_option(
+        recipe,
         "--loader-threads",
-        type=int,
-        default=1,
-        help="threads per worker decoding and cropping ahead of the step (default 1)",
+        help="threads per worker decoding and cropping ahead of the step (default %(default)s)",
     )
-    recipe.add_argument("--seed", type=int, default=0, help="crops, flips and init (default 0)")
+    _train_option(recipe, "--seed", help="crops, flips and init (default %(default)s)")
 
     train = sub.add_parser(
         "train",
@@ -507,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="then train the recipe on every photo into OUT/final (the model to ship; its "
         "card carries the cross-validated figures)",
     )
-    cv.add_argument("--image-column", default="image", help="Parquet image column")
-    cv.add_argument("--id-column", default="id", help="Parquet id column")
+    _train_option(cv, "--image-column", help="Parquet image column")
+    _train_option(cv, "--id-column", help="Parquet id column")
     cv.set_defaults(func=_crossval)
 
     st = sub.add_parser(

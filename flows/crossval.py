@@ -1,12 +1,13 @@
 """Prefect flow: k-fold cross-validation of a training recipe.
 
-The corpus is packed once; fold f trains the recipe (the `train_model` flow) with the ids
-hashed into [f/k, (f+1)/k) held out (or, `by_folder`, every photo of one source folder: leave
-one source out), and scores the model on them against the gray baseline,
-on clean inputs (training's own evaluation) and on their old-print versions. The figures of
-every fold, their mean and spread go to OUT/crossval.json and crossval.md. Re-running resumes:
-a fold whose evaluations exist is not trained again, and an interrupted one resumes from its
-checkpoints.
+The corpus is packed once (an interrupted pack is completed); fold f trains the recipe (the
+`train_model` flow) with the ids hashed into [f/k, (f+1)/k) held out (or, `by_folder`, every
+photo of one source folder: leave one source out), and scores the model on them against the
+gray baseline, on clean inputs (training's own evaluation) and on their old-print versions.
+Every option, and every fold's recorded recipe, is checked before the first fold trains. The
+figures of every fold, their mean and spread go to OUT/crossval.json and crossval.md.
+Re-running resumes: a fold whose evaluations exist is not trained again, and an interrupted
+one resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -22,26 +23,67 @@ from prefect.artifacts import create_markdown_artifact
 import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
-from flows.train import recorded_recipe, train_model
+from flows.train import (
+    check_inputs,
+    packed_source,
+    recipe_conflict,
+    top_folders,
+    train_config,
+    train_model,
+)
 from pipeline.archive import storage
-from pipeline.archive.pack import pack_images
-from pipeline.archive.shards import SourceError
-from pipeline.training.config import describe_differences, recipe_differences
+from pipeline.training.config import SPLIT_OPTIONS, TrainConfig
 from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
-from pipeline.training.prepared import source_folders
+
+FINAL_SPLIT: dict[str, Any] = {"val_fraction": 0.0, "fold": 0}  # every photo trains
 
 
-def packed_archive(source: str, out: str) -> str:
-    """SOURCE if it holds Parquet shards, else its images packed once under OUT/data."""
-    try:
-        if any(u.endswith(".parquet") for u in storage.list_files(source)):
-            return source
-        packed = storage.join(out, "data")
-        if not any(u.endswith(".parquet") for u in storage.list_files(packed)):
-            pack_images(source, packed)
-        return packed
-    except SourceError as exc:
-        raise ConfigError(str(exc)) from exc
+def check_request(recipe: dict[str, Any], folds: int, final: bool) -> None:
+    """The options crossval itself owns, checked before anything runs."""
+    if not 2 <= folds <= 20:
+        raise ConfigError(f"--folds must be in 2..20, got {folds}")
+    for name in (*SPLIT_OPTIONS, "source", "out"):
+        if name in recipe:
+            raise ConfigError(f"cross-validation sets {name} itself; do not pass it")
+    if final and (recipe.get("val_every") or recipe.get("patience")):
+        raise ConfigError(
+            "--final trains on every photo, with no validation split to choose its checkpoint "
+            "by: with --val-every/--patience the folds would measure a recipe the final model "
+            "does not follow. Drop --val-every and --patience, or drop --final"
+        )
+
+
+def fold_splits(
+    source: str, uris: list[str], config: TrainConfig, folds: int, by_folder: bool
+) -> dict[str, dict[str, Any]]:
+    """{fold name: its split options}: FOLDS hash folds, or one per top folder of the ids."""
+    if not by_folder:
+        return {str(k): {"val_fraction": 1.0 / folds, "fold": k} for k in range(folds)}
+    names = top_folders(source, uris, config.id_column)
+    if "" in names:  # --holdout "" means no holdout: these would form a hash split
+        raise ConfigError(
+            f"--by-folder: some photos of {source} are at its top level, in no source folder: "
+            f"move them into a folder of their own (each top folder is one source), or use "
+            f"--folds"
+        )
+    if len(names) < 2:
+        raise ConfigError(
+            f"--by-folder needs photos in at least two top folders of {source}, found "
+            f"{names or 'none'}: arrange the corpus by source, or use --folds"
+        )
+    return {name: {"holdout": name} for name in names}
+
+
+def check_runs(runs: dict[str, TrainConfig]) -> None:
+    """A run folder of another recipe must not stand in for this one's: every fold's (and the
+    final model's) checked before the first trains."""
+    for run_out, config in runs.items():
+        conflict = recipe_conflict(run_out, config)
+        if conflict:
+            raise ConfigError(
+                f"{run_out} was trained with other settings ({conflict}): cross-validate this "
+                f"recipe into a new OUT"
+            )
 
 
 @flow(name="cross-validate")
@@ -61,51 +103,25 @@ def cross_validate(
     the recipe on every photo into OUT/final, its card carrying the cross-validated figures:
     the model to ship. BY_FOLDER: one fold per top folder of the ids instead (OUT/fold-NAME),
     each model scored on a source it never saw: the figure for an archive's own photos."""
-    recipe = dict(recipe or {})
-    if not 2 <= folds <= 20:
-        raise ConfigError(f"--folds must be in 2..20, got {folds}")
-    for name in ("val_fraction", "fold", "holdout", "source", "out"):
-        if name in recipe:
-            raise ConfigError(f"cross-validation sets {name} itself; do not pass it")
+    recipe = {k: v for k, v in (recipe or {}).items() if v is not None}  # None: the default
+    check_request(recipe, folds, final)
     storage.configure(s3_endpoint_url)
+    uris = check_inputs(source, train_config(recipe))
+    splits = fold_splits(source, uris, train_config(recipe), folds, by_folder)
+    runs = {storage.join(out, f"fold-{name}"): train_config({**recipe, **split})
+            for name, split in splits.items()}  # fmt: skip
+    if final:
+        runs[storage.join(out, "final")] = train_config({**recipe, **FINAL_SPLIT})
+    check_runs(runs)
     logger = get_run_logger()
-    archive = packed_archive(source, out)
-    splits: dict[str, dict[str, Any]] = {
-        str(k): {"val_fraction": 1.0 / folds, "fold": k} for k in range(folds)
-    }
-    if by_folder:
-        names = source_folders(archive, recipe.get("id_column", "id"))
-        if len(names) < 2:
-            raise ConfigError(
-                f"--by-folder needs photos in at least two top folders of {source}, found "
-                f"{names or 'none'}: arrange the corpus by source, or use --folds"
-            )
-        splits = {name: {"holdout": name} for name in names}
+    archive, _ = packed_source(source, out, uris)
     where: dict[str, Any] = {"ray_address": ray_address, "s3_endpoint_url": s3_endpoint_url}
     clean, old_print = [], []
     for name, split in splits.items():
         fold_out = storage.join(out, f"fold-{name}")
-        evaluation = storage.read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
-        recorded = recorded_recipe(fold_out)
-        wanted = {k: v for k, v in {**recipe, **split}.items() if v is not None}
-        differences = {} if recorded is None else recipe_differences(recorded, wanted)
-        if differences:  # a fold of another recipe must not stand in for this one's
-            raise ConfigError(
-                f"{fold_out} was trained with other settings ({describe_differences(differences)})"
-                f": cross-validate this recipe into a new OUT"
-            )
-        if evaluation is None:
-            train_model(source=archive, out=fold_out, show_progress=show_progress,
-                        **split, **where, **recipe)  # fmt: skip
-            evaluation = storage.read_json(storage.join(fold_out, "evaluation", "evaluation.json"))
-        degraded_out = storage.join(fold_out, "evaluation-old-print")
-        degraded = storage.read_json(storage.join(degraded_out, "evaluation.json"))
-        if degraded is None:
-            degraded = evaluate_model(
-                source=archive, model=storage.join(fold_out, "model.safetensors"),
-                out=degraded_out, split="val", degrade=True, **split, **where,
-            )  # fmt: skip
-        assert evaluation is not None and degraded is not None
+        evaluation, degraded = evaluate_fold(
+            archive, fold_out, runs[fold_out], {**split, **recipe}, where, show_progress
+        )
         clean.append(fold_figures(evaluation))
         old_print.append(fold_figures(degraded))
         logger.info("fold %s (%d of %d): %s", name, len(clean), len(splits), clean[-1])
@@ -114,6 +130,8 @@ def cross_validate(
         "folds": len(splits),
         "fold_names": list(splits) if by_folder else None,
         "recipe": recipe,
+        # with --val-every each fold ships the checkpoint its own held-out photos chose
+        "selected_on_evaluated_photos": bool(recipe.get("val_every")),
         "clean": summarise(clean),
         "old_print": summarise(old_print),
         "per_fold": {"clean": clean, "old_print": old_print},
@@ -128,6 +146,31 @@ def cross_validate(
     return result
 
 
+def evaluate_fold(
+    archive: str, fold_out: str, config: TrainConfig, options: dict[str, Any],
+    where: dict[str, Any], show_progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """A fold's evaluations (clean: its training's own; old prints), each made unless there
+    already: the fold trained (or resumed) with OPTIONS (its split and the recipe) first."""
+    evaluation_uri = storage.join(fold_out, "evaluation", "evaluation.json")
+    evaluation = storage.read_json(evaluation_uri)
+    if evaluation is None:
+        train_model(source=archive, out=fold_out, show_progress=show_progress, **options,
+                    **where)  # fmt: skip
+        evaluation = storage.read_json(evaluation_uri)
+    degraded_out = storage.join(fold_out, "evaluation-old-print")
+    degraded = storage.read_json(storage.join(degraded_out, "evaluation.json"))
+    if degraded is None:  # the photos the fold held out, by the recipe's columns
+        degraded = evaluate_model(
+            source=archive, model=storage.join(fold_out, "model.safetensors"),
+            out=degraded_out, split="val", degrade=True, val_fraction=config.val_fraction,
+            fold=config.fold, holdout=config.holdout, image_column=config.image_column,
+            id_column=config.id_column, **where,
+        )  # fmt: skip
+    assert evaluation is not None and degraded is not None
+    return evaluation, degraded
+
+
 def train_final(
     archive: str, out: str, recipe: dict[str, Any], result: dict[str, Any],
     where: dict[str, Any], show_progress: bool,
@@ -135,8 +178,8 @@ def train_final(
     """The recipe trained on every photo (no validation split: the folds measured it), its
     card carrying the cross-validated figures, as OUT/model.safetensors (+ model.json)."""
     uri = storage.join(out, "model.safetensors")
-    train_model(source=archive, out=out, val_fraction=0.0, fold=0, show_progress=show_progress,
-                **where, **recipe)  # fmt: skip
+    train_model(source=archive, out=out, show_progress=show_progress, **FINAL_SPLIT, **where,
+                **recipe)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.safetensors"
         local.write_bytes(storage.read_bytes(uri))

@@ -5,7 +5,9 @@ counts (Ray tasks; reused by any later run with the same corpus and preparation 
 runs the training (Ray Train workers streaming the prepared shards, validating every
 `val_every` steps), then saves the model with its card, evaluates it against the gray
 baseline on the validation split, and records those figures in the card. Re-running with the
-same OUT resumes from the latest checkpoint there.
+same OUT resumes from the latest checkpoint there (the same recipe, OUT/recipe.json, and the
+same prepared data only). Every input is checked before anything is written, so a run refused
+for a bad option leaves nothing behind to refuse its corrected re-run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import ray
 import torch
 from prefect import flow, get_run_logger, task
@@ -34,23 +37,32 @@ import models
 from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
 from pipeline.archive import storage
-from pipeline.archive.pack import pack_images
-from pipeline.archive.shards import SourceError, parquet_schema
+from pipeline.archive.pack import PACK_SCHEMA, pack_images
+from pipeline.archive.shards import IMAGE_SUFFIXES, SourceError, parquet_schema
 from pipeline.colorize.runner import ensure_ray
 from pipeline.review import report
 from pipeline.review.artifact import artifact_from_files
-from pipeline.training.config import TrainConfig, describe_differences, recipe_differences
+from pipeline.training.config import (
+    OPTIONS,
+    TrainConfig,
+    check_holdout_matches,
+    describe_differences,
+    option_defaults,
+    recipe_differences,
+)
 from pipeline.training.evaluate import evaluation_markdown
 from pipeline.training.loop import (
     PROGRESS,
+    check_resumable,
     final_colorizer,
     fit,
     loss_history,
     prepare_settings,
     prior_of,
+    ships_best,
     validation_curve,
 )
-from pipeline.training.prepared import prepare
+from pipeline.training.prepared import prepare, source_folders, top_folder
 from pipeline.training.validation import SELECT
 
 
@@ -80,40 +92,114 @@ def recorded_recipe(out: str) -> dict[str, Any] | None:
     return None if card is None else dict(card["training"]["hyperparameters"])
 
 
-def claim_run(out: str, config: TrainConfig) -> None:
-    """One run, one recipe: OUT/recipe.json on the first run. A later run into OUT with
-    settings that change what it trains refuses before anything else: it would resume another
-    recipe's checkpoints and ship a model whose card names settings it was not trained with."""
+def train_config(options: dict[str, Any]) -> TrainConfig:
+    """The recipe of OPTIONS (`train`'s options by TrainConfig's names; any other key, such as
+    prepared_data, is not a setting of the recipe), checked: a bad option is a ConfigError
+    that says how to fix it."""
+    config = TrainConfig(**{k: v for k, v in options.items() if k in OPTIONS})
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return config
+
+
+def recipe_conflict(out: str, config: TrainConfig) -> str | None:
+    """How CONFIG differs from the recipe OUT's run was started with (None: it does not, or
+    OUT holds no run)."""
     recorded = recorded_recipe(out)
     differences = {} if recorded is None else recipe_differences(recorded, asdict(config))
-    if differences:
+    return describe_differences(differences) if differences else None
+
+
+def check_recipe(out: str, config: TrainConfig) -> None:
+    """One run, one recipe: a run into OUT with settings that change what it trains refuses
+    before any work: it would resume another recipe's checkpoints and ship a model whose card
+    names settings it was not trained with."""
+    conflict = recipe_conflict(out, config)
+    if conflict:
         raise ConfigError(
-            f"{out} holds a run started with other settings ({describe_differences(differences)})"
-            f": re-run with those to resume it, or train into a new OUT"
+            f"{out} holds a run started with other settings ({conflict}): re-run with those to "
+            f"resume it, or train into a new OUT"
         )
+
+
+def claim_run(out: str, config: TrainConfig) -> None:
+    """OUT/recipe.json on the first run (checked as `check_recipe` on the others). Called once
+    everything about the inputs is checked, the prepared data included, right before the
+    first checkpoint: a run refused for a bad option leaves no recipe to refuse its fix."""
+    check_recipe(out, config)
     if not storage.exists(storage.join(out, RECIPE)):
         storage.write_bytes(storage.join(out, RECIPE), json.dumps(asdict(config)).encode())
 
 
-@task(cache_policy=NO_CACHE)
-def training_shards(source: str, out: str, config: TrainConfig) -> tuple[str, list[str]]:
-    """(archive, its Parquet shards) to train on; a folder of images is packed under OUT/data."""
+def source_shards(source: str) -> list[str]:
+    """SOURCE's Parquet shards; [] for a folder or prefix of images (packed before training)."""
+    if not storage.source_exists(source):
+        raise ConfigError(f"source {source!r} does not exist or is empty")
+    uris = [u for u in storage.list_files(source) if u.endswith(".parquet")]
+    if not uris and not image_ids(source):
+        raise ConfigError(
+            f"no Parquet shards and no image files under {source!r} ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return uris
+
+
+def image_ids(source: str) -> list[str]:
+    """The ids packing gives a folder's images: their paths relative to it."""
+    return [storage.relative(source, u) for u in storage.list_files(source)
+            if u.lower().endswith(IMAGE_SUFFIXES)]  # fmt: skip
+
+
+def top_folders(source: str, uris: list[str], id_column: str) -> list[str]:
+    """The top folders of SOURCE's ids, sorted ("": photos at its top level)."""
+    if uris:
+        return source_folders(source, id_column)
+    return sorted({top_folder(i) for i in image_ids(source)})
+
+
+def check_columns(uris: list[str], config: TrainConfig) -> None:
+    """The id and image columns are there (a packed folder has PACK_SCHEMA's)."""
     try:
-        uris = [u for u in storage.list_files(source) if u.endswith(".parquet")]
-        if not uris:
-            packed = storage.join(out, "data")
-            uris = pack_images(source, packed)
-            source = packed
-        names = parquet_schema(uris[0]).names
-    except SourceError as exc:
-        raise ConfigError(str(exc)) from exc
+        names = parquet_schema(uris[0]).names if uris else PACK_SCHEMA.names
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"cannot read {uris[0]}: {exc}") from exc
     for column, option in (
         (config.image_column, "--image-column"),
         (config.id_column, "--id-column"),
     ):
         if column not in names:
-            raise ConfigError(f"training data has no column {column!r}: pass {option}")
-    return source, uris
+            raise ConfigError(
+                f"training data has no column {column!r} (columns: {', '.join(names)}): pass "
+                f"{option}"
+            )
+
+
+def check_inputs(source: str, config: TrainConfig) -> list[str]:
+    """Everything about SOURCE a run needs, checked before anything is written: it exists, has
+    the columns, and the --holdout folder. Returns its Parquet shards ([]: images to pack)."""
+    uris = source_shards(source)
+    check_columns(uris, config)
+    if config.holdout:
+        try:
+            check_holdout_matches(config.holdout, top_folders(source, uris, config.id_column))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    return uris
+
+
+@task(cache_policy=NO_CACHE)
+def packed_source(source: str, out: str, uris: list[str]) -> tuple[str, list[str]]:
+    """(archive, its Parquet shards): SOURCE's own, or its images packed under OUT/data, for
+    train and crossval alike. Packing runs every time: it keeps the shards already there and
+    writes the rest, so an interrupted pack is completed, never trained on in part."""
+    if uris:
+        return source, uris
+    packed = storage.join(out, "data")
+    try:
+        return packed, pack_images(source, packed)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 @task(cache_policy=NO_CACHE)
@@ -214,41 +300,70 @@ def save_model(
     return uri
 
 
+DEFAULTS = option_defaults()  # train_model's and the CLI's defaults: TrainConfig's own
+
+
+def selection(config: TrainConfig, out: str) -> dict[str, Any]:
+    """Whether the photos the evaluation scores chose the model shipped, for the card: with
+    --val-every the run ships best.pt, the checkpoint that scored best on the first
+    --val-max-photos photos of the validation split, the split the evaluation then scores."""
+    chosen = ships_best(out, config)
+    note = (
+        f"the model shipped is the checkpoint that scored best ({SELECT}) on the first "
+        f"{config.val_max_photos} photos of this validation split, the photos scored here: "
+        f"these figures flatter it (cross-validate, or evaluate on photos the run never saw)"
+        if chosen
+        else "the last checkpoint's weights: no photo chose them"
+    )
+    return {"selected_on_evaluated_photos": chosen, "selection": note}
+
+
+def note_selection(out: str, markdown: str, chosen: dict[str, Any]) -> str:
+    """MARKDOWN with the selection's caveat, which also goes into OUT/evaluation/evaluation.md
+    (written by the evaluation, which cannot know how the model was chosen)."""
+    if not chosen["selected_on_evaluated_photos"]:
+        return markdown
+    line = f"\n**Selection:** {chosen['selection']}.\n"
+    uri = storage.join(out, "evaluation", "evaluation.md")
+    storage.write_bytes(uri, storage.read_bytes(uri) + line.encode())
+    return markdown + line
+
+
 @flow(name="train-model")
 def train_model(
     source: str,
     out: str,
-    arch: str = "lite2-plain",
-    steps: int = 3000,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    lr_schedule: str = "cosine",
-    crop: int = 176,
-    prepared: int | None = None,
-    scale_min: float = 0.3,
-    trainable_stages: int = 0,
-    unfreeze_at: int = 0,
-    encoder_lr_scale: float = 0.1,
-    ema_decay: float = 0.999,
-    weight_decay: float = 1e-2,
-    dropout: float = 0.3,
-    degrade: float = 0.6,
-    stamps: str = "",
-    paste: float = 0.0,
-    val_fraction: float = 0.1,
-    fold: int = 0,
-    holdout: str = "",
-    workers: int = 1,
-    checkpoint_every: int = 200,
+    arch: str = DEFAULTS["arch"],
+    steps: int = DEFAULTS["steps"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    lr_schedule: str = DEFAULTS["lr_schedule"],
+    crop: int = DEFAULTS["crop"],
+    prepared: int | None = DEFAULTS["prepared"],
+    scale_min: float = DEFAULTS["scale_min"],
+    trainable_stages: int = DEFAULTS["trainable_stages"],
+    unfreeze_at: int = DEFAULTS["unfreeze_at"],
+    encoder_lr_scale: float = DEFAULTS["encoder_lr_scale"],
+    ema_decay: float = DEFAULTS["ema_decay"],
+    weight_decay: float = DEFAULTS["weight_decay"],
+    dropout: float | None = DEFAULTS["dropout"],
+    degrade: float = DEFAULTS["degrade"],
+    stamps: str = DEFAULTS["stamps"],
+    paste: float = DEFAULTS["paste"],
+    val_fraction: float = DEFAULTS["val_fraction"],
+    fold: int = DEFAULTS["fold"],
+    holdout: str = DEFAULTS["holdout"],
+    workers: int = DEFAULTS["workers"],
+    checkpoint_every: int = DEFAULTS["checkpoint_every"],
     prepared_data: str | None = None,
-    val_every: int = 0,
-    val_max_photos: int = 64,
-    patience: int = 0,
-    loader_threads: int = 1,
-    soft_k: int = 5,
-    seed: int = 0,
-    image_column: str = "image",
-    id_column: str = "id",
+    val_every: int = DEFAULTS["val_every"],
+    val_max_photos: int = DEFAULTS["val_max_photos"],
+    patience: int = DEFAULTS["patience"],
+    loader_threads: int = DEFAULTS["loader_threads"],
+    soft_k: int = DEFAULTS["soft_k"],
+    seed: int = DEFAULTS["seed"],
+    image_column: str = DEFAULTS["image_column"],
+    id_column: str = DEFAULTS["id_column"],
     ray_address: str | None = None,
     s3_endpoint_url: str | None = None,
     show_progress: bool = False,
@@ -256,40 +371,34 @@ def train_model(
     """Train ARCH on the colour photos of SOURCE (Parquet archive or image folder, local or
     s3://) into OUT (local or s3://): checkpoints, model.safetensors with its card, loss.png,
     and the validation evaluation against the gray baseline. The prepared data goes under
-    PREPARED_DATA (local or s3://, shared by runs) or OUT/prepared."""
-    config = TrainConfig(
-        arch=arch, steps=steps, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-        crop=crop, prepared=prepared or max(crop, round(crop * 16 / 11 / 8) * 8),
-        scale_min=scale_min, trainable_stages=trainable_stages, unfreeze_at=unfreeze_at,
-        encoder_lr_scale=encoder_lr_scale, ema_decay=ema_decay, weight_decay=weight_decay,
-        dropout=dropout, degrade=degrade,
-        stamps=stamps, paste=paste,
-        val_fraction=val_fraction, fold=fold, holdout=holdout,
-        workers=workers, checkpoint_every=checkpoint_every, soft_k=soft_k, seed=seed,
-        val_every=val_every, val_max_photos=val_max_photos, patience=patience,
-        loader_threads=loader_threads,
-        image_column=image_column, id_column=id_column,
-    )  # fmt: skip
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    PREPARED_DATA (local or s3://, shared by runs) or OUT/prepared. The recipe's options and
+    their defaults are TrainConfig's (pipeline/training/config.py)."""
+    # the parameters named as TrainConfig's fields are the recipe (Prefect and deployments
+    # need them spelled out; tests/test_cli.py checks they are OPTIONS, at its defaults)
+    config = train_config({k: v for k, v in locals().items() if k in OPTIONS})
     storage.configure(s3_endpoint_url)
+    uris = check_inputs(source, config)
+    check_recipe(out, config)
     ensure_ray(ray_address)
     config.threads_per_worker = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-    claim_run(out, config)
-    archive, uris = training_shards(source, out, config)
+    archive, uris = packed_source(source, out, uris)
     data = prepare_data(archive, uris, out, config, prepared_data, s3_endpoint_url)
+    try:
+        check_resumable(out, data["prepared"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    claim_run(out, config)
     seconds = run_training(data, out, config, s3_endpoint_url, show_progress)
     model_uri = save_model(out, config, data, source, seconds, None)
     evaluation = evaluate_model(
         source=archive,
         model=model_uri, out=storage.join(out, "evaluation"), split="val",
-        val_fraction=val_fraction, fold=fold, holdout=holdout, image_column=image_column,
-        id_column=id_column,
+        val_fraction=config.val_fraction, fold=config.fold, holdout=config.holdout,
+        image_column=config.image_column, id_column=config.id_column,
         ray_address=ray_address, s3_endpoint_url=s3_endpoint_url,
     )  # fmt: skip
-    card_metrics = {k: v for k, v in evaluation.items() if k != "samples"}
+    chosen = selection(config, out)
+    card_metrics = {**{k: v for k, v in evaluation.items() if k != "samples"}, **chosen}
     model_uri = save_model(out, config, data, source, seconds, card_metrics)
     prep = data["prepared"]
     curve = validation_curve(out)
@@ -303,6 +412,7 @@ def train_model(
         **card_metrics,
     }  # fmt: skip
     markdown = evaluation_markdown(card_metrics, model_uri, archive, "val")
+    markdown = note_selection(out, markdown, chosen)
     markdown += "\n## Training loss\n\n![loss](loss.png)\n"
     if curve:
         best = max(curve, key=lambda p: p.get(SELECT, float("-inf")))

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage import data
 
 from flows import cli
+from pipeline.archive.pack import pack_images
 from pipeline.imaging.color import rgb_to_lab
 from pipeline.imaging.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
 from pipeline.training.config import TrainConfig, check_fold
-from pipeline.training.crossval import fold_figures, summarise
+from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
 from pipeline.training.prepared import split_of, top_folder
 from pipeline.training.stream import degraded_input
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
-from tests.test_training import _jpeg, tiny_archive
+from tests.test_training import photo_folder, tiny_archive
 
 
 def test_folds_partition_the_ids_and_fold_zero_is_the_old_split():
@@ -43,25 +46,45 @@ def test_holdout_holds_out_one_source_folder_whatever_the_fold():
         TrainConfig(holdout="museum/sub").validate()
 
 
+def _gray_scans(folder: Path, n: int) -> None:
+    """N small gray scans: packed and listed like any photo, but with no colour to learn or
+    score (preparation and evaluation count and skip them)."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 40 + i % 200, np.uint8)).save(folder / f"g{i:03d}.png")
+
+
 def test_crossval_by_folder_scores_each_source_on_a_model_that_never_saw_it(
     tmp_path,
     ray_local,  # noqa: F811
+    capsys,
 ):
-    rng = np.random.default_rng(0)
-    src = tmp_path / "photos"
     sizes = {"library": 5, "museum": 7}
-    for folder, n in sizes.items():
-        (src / folder).mkdir(parents=True)
-        for i in range(n):
-            p = (data.astronaut(), data.coffee(), data.chelsea())[i % 3]
-            y, x = rng.integers(0, p.shape[0] - 96), rng.integers(0, p.shape[1] - 96)
-            (src / folder / f"{i}.jpg").write_bytes(_jpeg(p[y : y + 96, x : x + 96]))
+    src = photo_folder(tmp_path / "photos", sizes)
     out = tmp_path / "cv"
     argv = ["crossval", str(src), str(out), "--by-folder", "--arch", "small", "--steps", "2",
             "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2"]  # fmt: skip
+    # a photo at SOURCE's top level is in no source folder (its "folder" "" would mean: no
+    # holdout, a hash split): refused before anything is written
+    (src / "loose.jpg").write_bytes((src / "museum" / "0.jpg").read_bytes())
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(argv)
+    assert exit_code.value.code == 2
+    assert "at its top level, in no source folder" in capsys.readouterr().err
+    assert not out.exists()
+    (src / "loose.jpg").unlink()
+
+    # a pack interrupted after its first shard (of 256 files: the gray scans and
+    # museum/0.jpg); the run completes it, so every fold trains and scores on the whole corpus
+    _gray_scans(src / "library" / "scans", 250)
+    assert pack_images(str(src), str(out / "data"))[1].endswith("part-00001.parquet")
+    (out / "data" / "part-00001.parquet").unlink()
     with pytest.raises(SystemExit) as exit_code:
         cli.main(argv)
     assert exit_code.value.code == 0
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "_pack.json", "part-00000.parquet", "part-00001.parquet"
+    ]  # fmt: skip
     result = json.loads((out / "crossval.json").read_text())
     assert result["fold_names"] == ["library", "museum"] and result["folds"] == 2
     for folder, n in sizes.items():
@@ -72,6 +95,21 @@ def test_crossval_by_folder_scores_each_source_on_a_model_that_never_saw_it(
             scored = json.loads((out / f"fold-{folder}/{evaluation}/evaluation.json").read_text())
             assert scored["images"] == n and scored["holdout"] == folder
     assert "- fold museum:" in (out / "crossval.md").read_text()
+
+
+def test_crossval_refuses_final_with_validation_before_any_fold_trains(tmp_path, capsys):
+    src = tiny_archive(tmp_path / "src", n=4)
+    out = tmp_path / "cv"
+    for option in ("--val-every", "--patience"):
+        # a tiny recipe, so that a check come too late fails in seconds, not in a training
+        argv = ["crossval", str(src), str(out), "--folds", "2", "--final", "--val-every", "2",
+                option, "1", "--arch", "small", "--steps", "2", "--crop", "64",
+                "--batch-size", "4"]  # fmt: skip
+        with pytest.raises(SystemExit) as exit_code:
+            cli.main(argv)
+        assert exit_code.value.code == 2
+        assert "--final trains on every photo" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def _lightness() -> np.ndarray:
@@ -130,14 +168,23 @@ def test_summary_is_the_mean_and_sample_spread_over_folds():
     summary = summarise(folds)["rebalanced AuC - gray (points)"]
     assert summary["mean"] == pytest.approx(4.0) and summary["std"] == pytest.approx(2.0)
     assert (summary["min"], summary["max"], summary["folds"]) == pytest.approx((2.0, 6.0, 3))
+    # with --val-every each fold's model was chosen on the photos it is scored on: said so
+    result = {"folds": 3, "source": "src", "recipe": {}, "clean": {}, "old_print": {},
+              "per_fold": {"clean": folds, "old_print": folds}}  # fmt: skip
+    assert "Selection:" not in crossval_markdown(result)
+    assert "flatter" in crossval_markdown({**result, "selected_on_evaluated_photos": True})
 
 
 @pytest.mark.slow
 def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, capsys):  # noqa: F811
-    src = tiny_archive(tmp_path / "src", n=12)
+    # custom column names: every step (training, both evaluations, the final model) must
+    # read the photos by them, and split them by these ids
+    src = tiny_archive(tmp_path / "src", n=12, id_column="photo_id", image_column="jpeg")
+    ids = [f"photo-{i:03d}" for i in range(12)]
     out = tmp_path / "cv"
     argv = ["crossval", str(src), str(out), "--folds", "2", "--arch", "small", "--steps", "2",
             "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2",
+            "--image-column", "jpeg", "--id-column", "photo_id",
             "--degrade", "0.5", "--final"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_code:
         cli.main(argv)
@@ -153,7 +200,16 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, 
         card = json.loads((out / f"fold-{fold}/model.json").read_text())
         assert card["training"]["hyperparameters"]["fold"] == fold
         assert clean["fold"] == old["fold"] == fold and old["degrade"] and not clean["degrade"]
-        assert clean["images"] == old["images"]
+        # both scored exactly the photos the fold held out by their ids: as many, and the
+        # same ones (the gray image's colourfulness gap is minus their true colourfulness,
+        # which old-print inputs do not change, but for the faint colour rounding leaves in
+        # a gray image: 1e-4; another photo in the set would move it by whole units)
+        held_out = [i for i in ids if split_of(i, 0.5, fold) == "val"]
+        for scored in (clean, old):
+            assert scored["images"] == len(held_out)
+            assert scored["skipped"]["other_split"] == 12 - len(held_out)
+        gap = "colorfulness_delta"
+        assert old["metrics"][gap]["gray"] == pytest.approx(clean["metrics"][gap]["gray"], abs=0.01)
         # fold f's model trained on the other fold's photos only, and is scored on its own
         assert card["training"]["images"] == 12 - clean["images"]
         assert clean["metrics"]["psnr"]["gray"] != old["metrics"]["psnr"]["gray"]
@@ -164,10 +220,11 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, 
     assert final["training"]["images"] == 12 and final["metrics"] is None
     assert final["training"]["hyperparameters"]["val_fraction"] == 0.0
     assert final["crossval"]["clean"] == result["clean"] and final["crossval"]["folds"] == 2
-    # a re-run finds both folds evaluated: nothing is trained again
+    # a re-run finds both folds evaluated: nothing is trained again, and it succeeds
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold-*/model.safetensors")}
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_code:
         cli.main(argv[:-1])
+    assert exit_code.value.code == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # another recipe into the same OUT: refused, its folds do not stand in for the new one's
     before = (out / "crossval.json").read_bytes()

@@ -23,6 +23,7 @@ from skimage import data
 
 import models
 from flows import cli
+from flows.colorize import ConfigError
 from flows.train import train_model
 from models.bins import nearest_bin
 from pipeline.archive import storage
@@ -43,21 +44,33 @@ from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fi
 
 pytestmark = pytest.mark.slow
 TINY = {"crop": 64, "batch_size": 4, "checkpoint_every": 3, "val_fraction": 0.25}
-MARKERS = [1111.0, 2222.0, 3333.0]  # no loss of a real run: proof of a loaded history
+MARKERS = [1111.0, 2222.0, 3333.0, 4444.0]  # no loss of a real run: proof of a loaded history
 
 
 def _perturbed_copy(
-    run: Path, resumed: Path, history: list[float], change: Callable[[dict], None] | None = None
+    run: Path, resumed: Path, step: int, change: Callable[[dict], None] | None = None
 ) -> bytes:
-    """Put a modified copy of RUN's step-3 checkpoint (its history replaced by `history`, then
+    """Put a modified copy of RUN's checkpoint at STEP (its history replaced by markers, then
     `change` applied) into RESUMED's checkpoints, as a crashed run would have left it."""
-    state = load_state(str(run / "checkpoints" / "step-0000003.pt"))
-    assert len(state["history"]) == 3 and not set(state["history"]) & set(history)
-    state["history"] = list(history)
+    name = f"step-{step:07d}.pt"
+    state = load_state(str(run / "checkpoints" / name))
+    assert len(state["history"]) == step and not set(state["history"]) & set(MARKERS)
+    state["history"] = MARKERS[:step]
     if change is not None:
         change(state)
-    save_state(str(resumed / "checkpoints" / "step-0000003.pt"), state)
-    return (resumed / "checkpoints" / "step-0000003.pt").read_bytes()
+    save_state(str(resumed / "checkpoints" / name), state)
+    return (resumed / "checkpoints" / name).read_bytes()
+
+
+def _best_at(run: Path, step: int) -> dict:
+    """RUN's best.pt as it stood once step STEP was done: the best validation up to then, its
+    weights the moving average its checkpoint (one per validation) kept."""
+    curve = load_state(str(run / "checkpoints" / f"step-{step:07d}.pt"))["validation"]
+    point = max(curve, key=lambda p: p["auc_rebalanced"])
+    at = load_state(str(run / "checkpoints" / f"step-{int(point['step']):07d}.pt"))
+    metrics = {k: v for k, v in point.items() if k != "step"}
+    return {"net": at["ema"], "step": point["step"], "score": point["auc_rebalanced"],
+            "metrics": metrics}  # fmt: skip
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -66,9 +79,11 @@ def _jpeg(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def tiny_archive(root: Path, n: int = 16, shards: int = 1) -> Path:
+def tiny_archive(
+    root: Path, n: int = 16, shards: int = 1, id_column: str = "id", image_column: str = "image"
+) -> Path:
     """n real photo crops (96 px) from scikit-image's bundled photos, in `shards` Parquet
-    shards."""
+    shards (ids photo-000 ...)."""
     rng = np.random.default_rng(0)
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
     ids, blobs = [], []
@@ -80,8 +95,21 @@ def tiny_archive(root: Path, n: int = 16, shards: int = 1) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for k in range(shards):
         part = slice(k * n // shards, (k + 1) * n // shards)
-        table = pa.table({"id": ids[part], "image": blobs[part]})
+        table = pa.table({id_column: ids[part], image_column: blobs[part]})
         pq.write_table(table, root / f"part-{k:05d}.parquet")
+    return root
+
+
+def photo_folder(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """A folder of JPEG photo crops (96 px) in one subfolder per source: {folder: photos}."""
+    rng = np.random.default_rng(seed)
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    for folder, n in sizes.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            p = photos[i % len(photos)]
+            y, x = rng.integers(0, p.shape[0] - 96), rng.integers(0, p.shape[1] - 96)
+            (root / folder / f"{i}.jpg").write_bytes(_jpeg(p[y : y + 96, x : x + 96]))
     return root
 
 
@@ -89,7 +117,11 @@ def test_split_is_deterministic_and_near_the_fraction():
     ids = [f"img-{i}" for i in range(2000)]
     val = [i for i in ids if split_of(i, 0.1) == "val"]
     assert 150 < len(val) < 250
-    assert val == [i for i in ids if split_of(i, 0.1) == "val"]
+    # the same on every run and machine: fixed folds for fixed ids (a salted hash() would
+    # agree with itself within one process, never with these)
+    folds = [next(f for f in range(5) if split_of(f"img-{i}", 0.2, f) == "val") for i in range(12)]
+    assert folds == [0, 1, 1, 2, 3, 2, 4, 0, 1, 1, 3, 2]
+    assert [i for i in ids[:12] if split_of(i, 0.1) == "val"] == ["img-7"]
 
 
 def test_prior_from_a_known_tiny_set(tmp_path, ray_local):  # noqa: F811
@@ -285,18 +317,23 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
 ):
     src = tiny_archive(tmp_path / "src")
     shared = str(tmp_path / "prepared")  # --prepared-data: both runs use it
-    options = {**TINY, "steps": 6, "workers": 2, "val_every": 2, "prepared_data": shared}
+    options = {**TINY, "steps": 6, "workers": 2, "val_every": 2, "checkpoint_every": 2,
+               "prepared_data": shared}  # fmt: skip
     full = train_model(str(src), str(tmp_path / "a"), **options)
     assert full["prepared"]["prepared_now"] == 1
     a_dir = tmp_path / "a"
     assert (a_dir / "model.safetensors").is_file() and (a_dir / "loss.png").is_file()
     assert sorted(p.name for p in (a_dir / "checkpoints").iterdir()) == [
-        "best.pt", "step-0000003.pt", "step-0000006.pt"
+        "best.pt", "step-0000002.pt", "step-0000004.pt", "step-0000006.pt"
     ]  # fmt: skip
     card = models.read_card(a_dir / "model.safetensors")
     assert card["training"]["steps"] == 6 and card["training"]["images"] > 0
     assert set(card["metrics"]["metrics"]["auc"]) == {"model", "gray"}
     assert full["metrics"] == card["metrics"]["metrics"]
+    # best.pt was chosen on the validation photos the card's evaluation scores: it says so
+    assert card["metrics"]["selected_on_evaluated_photos"] is True
+    assert "flatter" in card["metrics"]["selection"]
+    assert "**Selection:**" in (a_dir / "evaluation" / "evaluation.md").read_text()
 
     # validation at steps 2, 4, 6; the best one is the checkpoint kept and the model shipped
     a = load_state(str(a_dir / "checkpoints/step-0000006.pt"))
@@ -310,27 +347,43 @@ def test_train_flow_resumes_to_the_same_state_and_evaluation_reproduces_the_card
     for key, value in best["net"].items():
         torch.testing.assert_close(shipped[key], value, msg=key)
     assert len(a["data"]) == 2  # each rank's data position
+    assert a["prepared"] == {"digest": card["training"]["prepared_data"], "blocks": 1}
 
-    # a run that "crashed" after its step-3 checkpoint, resumed by re-running the same command;
-    # training is deterministic in (seed, step, rank), so a run that ignored the checkpoint would
-    # reach the same state: the copy's loss history carries markers, which only a run that
-    # loaded it can pass on, and it must end as the uninterrupted run's
+    # a run that "crashed" after its step-4 checkpoint (best.pt as it stood then), resumed by
+    # re-running the same command; training is deterministic in (seed, step, rank), so a run
+    # that ignored the checkpoint would reach the same state: the copy's loss history carries
+    # markers, which only a run that loaded it can pass on, and it must end as the
+    # uninterrupted run's, shipping the same model
     b_dir = tmp_path / "b"
-    step3 = load_state(str(a_dir / "checkpoints/step-0000003.pt"))
-    assert step3["step"] == 3 and len(step3["data"]) == 2 and step3["validation"][0]["step"] == 2
-    step3_bytes = _perturbed_copy(a_dir, b_dir, history=MARKERS)
-    (b_dir / "checkpoints" / "best.pt").write_bytes((a_dir / "checkpoints/best.pt").read_bytes())
+    step4 = load_state(str(a_dir / "checkpoints/step-0000004.pt"))
+    assert step4["step"] == 4 and len(step4["data"]) == 2
+    assert [p["step"] for p in step4["validation"]] == [2, 4]
+    step4_bytes = _perturbed_copy(a_dir, b_dir, step=4)
+    save_state(str(b_dir / "checkpoints" / "best.pt"), _best_at(a_dir, 4))
     again = train_model(str(src), str(b_dir), **options)
-    assert (b_dir / "checkpoints" / "step-0000003.pt").read_bytes() == step3_bytes  # not rewritten
+    assert (b_dir / "checkpoints" / "step-0000004.pt").read_bytes() == step4_bytes  # kept
     assert again["prepared"] == {**full["prepared"], "prepared_now": 0}  # nothing prepared again
     b = load_state(str(b_dir / "checkpoints/step-0000006.pt"))
-    assert b["history"][:3] == MARKERS  # carried over: steps 1-3 not recomputed
-    assert a["history"][3:] == pytest.approx(b["history"][3:], rel=1e-4)
+    assert b["history"][:4] == MARKERS  # carried over: steps 1-4 not recomputed
+    assert a["history"][4:] == pytest.approx(b["history"][4:], rel=1e-4)
     assert b["data"] == a["data"] and b["best"]["step"] == a["best"]["step"]
     for p, q in zip(a["validation"], b["validation"], strict=True):
         assert p == pytest.approx(q, rel=1e-4)
     for key in a["net"]:
         torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-5)
+    resumed = models.load(b_dir / "model.safetensors").net.state_dict()
+    for key, value in shipped.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert models.read_card(b_dir / "model.safetensors")["training"]["best_step"] == want["step"]
+
+    # the same checkpoint on other prepared data (the source changed since): its positions
+    # index blocks that are not these, so it is refused before any step
+    c_dir = tmp_path / "c"
+    _perturbed_copy(a_dir, c_dir, step=4)
+    other = tiny_archive(tmp_path / "other", n=20)
+    with pytest.raises(ConfigError, match="was trained on other prepared data"):
+        train_model(str(other), str(c_dir), **options)
+    assert sorted(p.name for p in (c_dir / "checkpoints").iterdir()) == ["step-0000004.pt"]
 
     # `archive-colorize evaluate` on the validation split reproduces the card's figures
     with pytest.raises(SystemExit) as exit_code:
@@ -363,11 +416,11 @@ def test_lite0_from_imagenet_trains_and_resumes_exactly(tmp_path, ray_local):  #
     def perturb(state: dict) -> None:
         state["ema"][moved] = state["ema"][moved] + delta
 
-    step3 = _perturbed_copy(tmp_path / "a", b_dir, history=MARKERS, change=perturb)
+    step3 = _perturbed_copy(tmp_path / "a", b_dir, step=3, change=perturb)
     train_model(str(src), str(b_dir), **options)
     assert (b_dir / "checkpoints" / "step-0000003.pt").read_bytes() == step3
     a, b = (load_state(str(d / "checkpoints/step-0000006.pt")) for d in (tmp_path / "a", b_dir))
-    assert b["history"][:3] == MARKERS
+    assert b["history"][:3] == MARKERS[:3]
     assert b["history"][3:] == pytest.approx(a["history"][3:], rel=1e-4)
     for key in a["net"]:
         torch.testing.assert_close(a["net"][key], b["net"][key], rtol=1e-4, atol=1e-5)
@@ -454,12 +507,105 @@ def test_a_run_folder_holds_one_recipe(tmp_path):
     claim_run(str(out), TrainConfig(arch="small", steps=6, degrade=0.5, checkpoint_every=7))
     with pytest.raises(ConfigError, match=r"\(degrade 0\.5 -> 0\.0, steps 6 -> 9\): re-run with"):
         claim_run(str(out), TrainConfig(arch="small", steps=9, degrade=0.0))
-    # a run from before recipe.json: its card's hyperparameters stand for it
-    older = tmp_path / "older"
-    older.mkdir()
-    card = {"training": {"hyperparameters": {"arch": "lite0", "steps": 3000, "betas": [0.9, 0.99]}}}
-    (older / "model.json").write_text(json.dumps(card))
+
+
+# the hyperparameters a card recorded before --dropout existed (the code of 56e4aa5^): its
+# lite0 net trained with the fixed Dropout2d(0.1) of the time, and weight decay 1e-3
+BEFORE_DROPOUT = {
+    "arch": "lite0", "crop": 176, "prepared": 256, "scale_min": 0.3, "batch_size": 16,
+    "steps": 300, "lr": 0.001, "lr_schedule": "cosine", "warmup_steps": 50,
+    "weight_decay": 0.001, "betas": [0.9, 0.99], "soft_k": 5, "soft_sigma": 5.0,
+    "prior_sigma": 5.0, "rebalance_lambda": 0.5, "trainable_stages": 0, "unfreeze_at": 0,
+    "encoder_lr_scale": 0.1, "ema_decay": 0.999, "degrade": 0.6, "stamps": "", "paste": 0.0,
+    "val_fraction": 0.1, "fold": 0, "seed": 0, "checkpoint_every": 200, "log_every": 10,
+    "val_every": 0, "val_max_photos": 64, "patience": 0, "shuffle_blocks": 8,
+    "loader_threads": 1, "workers": 1, "threads_per_worker": 1, "image_column": "image",
+    "id_column": "id", "extra": {},
+}  # fmt: skip
+
+
+def _older_run(root: Path, hyperparameters: dict) -> Path:
+    """A run folder from before recipe.json: its card's hyperparameters stand for it."""
+    root.mkdir()
+    card = {"training": {"hyperparameters": hyperparameters}}
+    (root / "model.json").write_text(json.dumps(card))
+    return root
+
+
+def test_a_setting_an_older_record_lacks_counts_at_its_value_of_the_time(tmp_path):
+    from flows.colorize import ConfigError
+    from flows.train import RECIPE, claim_run
+
+    older = _older_run(tmp_path / "older", BEFORE_DROPOUT)
+    same = {"arch": "lite0", "steps": 300, "weight_decay": 1e-3}
+    # today's default dropout (0.3) is not what that run trained with (0.1): refused
+    with pytest.raises(ConfigError, match=r"\(dropout 0\.1 -> 0\.3\)"):
+        claim_run(str(older), TrainConfig(**same))
+    assert not (older / RECIPE).exists()
     with pytest.raises(ConfigError, match="arch 'lite0' -> 'small'"):
-        claim_run(str(older), TrainConfig(arch="small", steps=3000))
-    claim_run(str(older), TrainConfig(arch="lite0", steps=3000))  # a tuple equals its list
+        claim_run(str(older), TrainConfig(**{**same, "arch": "small"}))
+    claim_run(str(older), TrainConfig(**same, dropout=0.1))  # a tuple equals its list, too
     assert (older / RECIPE).exists()
+
+    # a setting whose value before it existed is not known is not guessed: refused
+    unknown = _older_run(tmp_path / "unknown", {k: v for k, v in BEFORE_DROPOUT.items()
+                                                 if k != "shuffle_blocks"})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"shuffle_blocks '<not recorded>' -> 8"):
+        claim_run(str(unknown), TrainConfig(**same, dropout=0.1))
+
+    # small/eccv16 never applied a dropout: a record that named one trained without it
+    small = {**BEFORE_DROPOUT, "arch": "small", "weight_decay": 0.01, "dropout": 0.3}
+    claim_run(str(_older_run(tmp_path / "small", small)), TrainConfig(arch="small", steps=300))
+
+
+def test_dropout_is_the_architectures_and_small_nets_refuse_one():
+    assert TrainConfig().dropout == 0.3 and TrainConfig(arch="lite0").dropout == 0.3
+    assert TrainConfig(arch="small").dropout == 0.0 == TrainConfig(arch="eccv16").dropout
+    TrainConfig(arch="small").validate()
+    TrainConfig(arch="lite2-slim", dropout=0.0).validate()
+    with pytest.raises(ValueError, match=r"--dropout applies to the lite\* architectures only"):
+        TrainConfig(arch="small", dropout=0.3).validate()
+    # what a lite net trains with reaches its layer; the small net has none to set
+    config = TrainConfig(arch="lite0-plain")
+    colorizer = models.build(config.arch)
+    init_net(colorizer, config)
+    assert [m.p for m in colorizer.net.modules() if isinstance(m, torch.nn.Dropout2d)] == [0.3]
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in models.build("small").net.modules())
+
+
+def test_a_run_refused_for_a_bad_option_writes_nothing_and_the_corrected_run_trains(
+    tmp_path,
+    ray_local,  # noqa: F811
+    capsys,
+):
+    src = photo_folder(tmp_path / "photos", {"library": 4, "museum": 6})
+    (src / "scans").mkdir()  # a source of gray scans: no colour photo to validate on
+    Image.fromarray(np.full((96, 96), 90, np.uint8)).save(src / "scans" / "0.png")
+    out = tmp_path / "run"
+    argv = ["train", str(src), str(out), "--arch", "small", "--steps", "2", "--crop", "64",
+            "--batch-size", "4", "--checkpoint-every", "2", "--holdout", "museum"]  # fmt: skip
+    for bad, says in (
+        (["--image-column", "jpeg"], "no column 'jpeg' (columns: id, image"),
+        (["--holdout", "musuem"], "matches no top folder of the ids (the folders: 'library', "
+                                  "'museum', 'scans')"),  # a typo would hold out nothing
+        (["--dropout", "0.3"], "--dropout applies to the lite* architectures only"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_code:
+            cli.main([*argv, *bad])
+        assert exit_code.value.code == 2
+        assert says in capsys.readouterr().err
+        assert not out.exists()  # no recipe claimed, nothing packed
+    # a fault only the prepared data shows: refused before any recipe is claimed either
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main([*argv, "--holdout", "scans", "--val-every", "1"])
+    assert exit_code.value.code == 2
+    assert "--val-every: no colour photos in the validation split" in capsys.readouterr().err
+    assert not (out / "recipe.json").exists()
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(argv)  # the corrected run is not refused by the failed ones
+    assert exit_code.value.code == 0
+    card = json.loads((out / "model.json").read_text())
+    hyper = card["training"]["hyperparameters"]
+    assert (hyper["holdout"], hyper["image_column"], hyper["dropout"]) == ("museum", "image", 0.0)
+    assert card["training"]["images"] == 4 and card["metrics"]["images"] == 6
+    assert card["metrics"]["selected_on_evaluated_photos"] is False  # no checkpoint was chosen

@@ -1,29 +1,51 @@
 """The training recipe (`TrainConfig`: every option of `archive-colorize train`) and the checks
-that turn a bad option into a message saying how to fix it."""
+that turn a bad option into a message saying how to fix it.
+
+Torch-free: the command line reads its options' defaults and the architectures' names here,
+so that `train_model`'s parameters, the CLI and the recipe cannot drift apart."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.nets import ARCHITECTURES
+# models.nets' architectures by name (that module imports torch, this one must not: the CLI
+# reads them; tests/test_models.py checks the two agree)
+ARCHITECTURES = ("eccv16", "small", "lite0", "lite0-plain", "lite2", "lite2-plain", "lite2-slim")
+LITE_DROPOUT = 0.3  # the lite* nets' classifier dropout unless --dropout says otherwise
+
+
+def is_lite(arch: str) -> bool:
+    """An ImageNet encoder under our decoder: the nets with a dropout before the classifier."""
+    return arch.startswith("lite")
+
+
+def default_prepared(crop: int) -> int:
+    """16/11 of the crop in multiples of 8 (256 for 176), as the paper's data layer."""
+    return max(crop, round(crop * 16 / 11 / 8) * 8)
 
 
 @dataclass
 class TrainConfig:
     arch: str = "lite2-plain"
     crop: int = 176  # the released training's crop size
-    prepared: int = 256  # square the photos are resized to once; random crops are taken in it
+    # square the photos are resized to once; random crops are taken in it (None: 16/11 of crop)
+    prepared: int | None = None
     scale_min: float = 0.3  # random resized crops: least area fraction (1.0: plain crops)
     batch_size: int = 16  # per worker
     steps: int = 3000
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # or "constant"
     warmup_steps: int = 50
-    weight_decay: float = 1e-2  # the shipped default's, as every default here (docs/training.md)
-    dropout: float = 0.3  # lite*: before the classifier (training only: weights do not carry it)
+    # the shipped default's, as every default here but `steps` and `checkpoint_every` (it was
+    # trained 300 steps, a checkpoint every 100: docs/training.md has its command)
+    weight_decay: float = 1e-2
+    # lite* only, before the classifier (training only: weights do not carry it); None: 0.3
+    # for lite*, 0 for small/eccv16 (they have no dropout layer)
+    dropout: float | None = None
     betas: tuple[float, float] = (0.9, 0.99)
     soft_k: int = 5
     soft_sigma: float = 5.0
@@ -55,7 +77,16 @@ class TrainConfig:
     id_column: str = "id"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the derived defaults are resolved here, so that the recipe recorded (recipe.json,
+        # the card) names the values the run trained with
+        if self.prepared is None:
+            self.prepared = default_prepared(self.crop)
+        if self.dropout is None:
+            self.dropout = LITE_DROPOUT if is_lite(self.arch) else 0.0
+
     def validate(self) -> None:
+        assert self.prepared is not None and self.dropout is not None  # __post_init__
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         if self.crop % 8 or self.crop < 32:
@@ -75,12 +106,17 @@ class TrainConfig:
             raise ValueError(f"--scale-min must be in (0, 1], got {self.scale_min}")
         if not 0 <= self.trainable_stages <= 8:
             raise ValueError(f"--trainable-stages must be in 0..8, got {self.trainable_stages}")
-        if self.trainable_stages and not self.arch.startswith("lite"):
+        if self.trainable_stages and not is_lite(self.arch):
             raise ValueError("--trainable-stages applies to the lite* architectures only")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout and not is_lite(self.arch):
+            raise ValueError(
+                f"--dropout applies to the lite* architectures only ({self.arch} has no dropout "
+                f"layer): leave it out or pass --dropout 0"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.paste <= 1:
@@ -105,21 +141,77 @@ class TrainConfig:
         check_holdout(self.holdout)
 
 
+# the fields that are options of `train` (its CLI's and `train_model`'s parameters, their
+# defaults read from here); the others are the paper's constants or set by the run itself
+OPTIONS = (
+    "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
+    "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "weight_decay", "dropout",
+    "degrade", "stamps", "paste", "val_fraction", "fold", "holdout", "workers", "checkpoint_every",
+    "soft_k", "seed", "val_every", "val_max_photos", "patience", "loader_threads", "image_column",
+    "id_column",
+)  # fmt: skip
+SPLIT_OPTIONS = ("val_fraction", "fold", "holdout")  # which photos are held out: crossval's
+
+
+def option_defaults() -> dict[str, Any]:
+    """Each option's declared default (None where another option's value derives it)."""
+    declared = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {name: declared[name] for name in OPTIONS}
+
+
 # settings that change how a run goes, not what it trains: free to differ when it resumes
 RUN_ONLY = frozenset({"checkpoint_every", "log_every", "loader_threads", "threads_per_worker"})
+
+# What the code did before a setting existed (git log -p of this file, and of
+# pipeline/training.py before it): a recorded recipe (recipe.json, an older card) without the
+# setting was trained with this value. Every recorded recipe has the settings not listed
+# here; one that lacks such a setting cannot be compared, and is refused.
+BEFORE_IT_EXISTED: dict[str, Any] = {
+    "scale_min": 1.0,  # d07c6f9: plain crops before random resized ones
+    "trainable_stages": 0,  # d07c6f9 (lite0): no encoder to train before it
+    "unfreeze_at": 0,
+    "encoder_lr_scale": 0.1,
+    "ema_decay": 0.0,  # d07c6f9: the last weights were shipped
+    "degrade": 0.0,  # 084291c: clean inputs only
+    "fold": 0,  # 084291c: the one split was fold 0's
+    "stamps": "",  # 672bda9: no stamps pasted
+    "paste": 0.0,
+    "val_every": 0,  # 7a0bc99: no validation in the loop
+    "val_max_photos": 64,  # (no validation: any value trained the same)
+    "patience": 0,
+    "holdout": "",  # 5ae6287: split by id hash only
+    # "dropout": arch-dependent, see recorded_as_trained; "shuffle_blocks" (7a0bc99): the data
+    # path before it had no shuffle window, no value of it trains the same: refused
+}
+NOT_RECORDED = "<not recorded>"
+
+
+def recorded_as_trained(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded recipe as the run was trained: the settings it lacks at the value the code
+    used before they existed, and dropout as the network applied it."""
+    out = {**{k: v for k, v in BEFORE_IT_EXISTED.items() if k not in recorded}, **recorded}
+    lite = is_lite(str(recorded.get("arch", "")))
+    if "dropout" not in recorded:  # 56e4aa5: lite* nets had a fixed Dropout2d(0.1)
+        out["dropout"] = 0.1 if lite else 0.0
+    elif not lite:  # recorded before small/eccv16 refused it: they never applied it
+        out["dropout"] = 0.0
+    return out
 
 
 def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The settings that change what a run trains, {name: (old, new)} where they differ, as
-    JSON values (a tuple and its list are equal); a setting either side lacks is not compared."""
+    JSON values (a tuple and its list are equal). OLD is a recorded recipe: a setting it
+    lacks counts at the value the code used before it existed (`recorded_as_trained`), or as
+    a difference when that is not known."""
 
     def same(a: Any, b: Any) -> bool:
         return bool(json.loads(json.dumps(a)) == json.loads(json.dumps(b)))
 
+    trained = recorded_as_trained(old)
     return {
-        name: (old[name], value)
+        name: (trained.get(name, NOT_RECORDED), value)
         for name, value in sorted(new.items())
-        if name in old and name not in RUN_ONLY and not same(old[name], value)
+        if name not in RUN_ONLY and (name not in trained or not same(trained[name], value))
     }
 
 
@@ -131,6 +223,17 @@ def check_holdout(holdout: str) -> None:
     if "/" in holdout:
         raise ValueError(
             f"--holdout names one top folder of the ids (e.g. mvtb-data), got {holdout!r}"
+        )
+
+
+def check_holdout_matches(holdout: str, folders: list[str]) -> None:
+    """--holdout names a top folder the ids have: else the run would train on every photo
+    and hold out none."""
+    if holdout and holdout not in folders:
+        named = ", ".join(repr(f) for f in folders if f) or "none, every photo is at the top"
+        raise ValueError(
+            f"--holdout {holdout!r} matches no top folder of the ids (the folders: {named}): "
+            f"it would hold out no photo; name one of those folders"
         )
 
 

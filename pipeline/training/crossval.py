@@ -49,6 +49,13 @@ def summarise(folds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+SELECTION_NOTE = [
+    "Selection: each fold ships the checkpoint that scored best on its own held-out photos "
+    "(--val-every), the photos scored here: the clean figures flatter it.",
+    "",
+]
+
+
 def crossval_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Cross-validation: {result['folds']} folds of `{result['source']}`"
@@ -56,6 +63,7 @@ def crossval_markdown(result: dict[str, Any]) -> str:
         "",
         f"Recipe: `{result['recipe']}`",
         "",
+        *(SELECTION_NOTE if result.get("selected_on_evaluated_photos") else []),
         "| inputs | figure | mean | spread (sd over folds) | min | max |",
         "|---|---|---|---|---|---|",
     ]

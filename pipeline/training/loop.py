@@ -1,12 +1,14 @@
 """The Ray Train loop (the paper's method: soft-encoded targets, class rebalancing, Adam with
-betas 0.9/0.99 and weight decay 1e-3), its checkpoints and the model it ships.
+betas 0.9/0.99 and weight decay), its checkpoints and the model it ships.
 
 Data path: `pipeline.training.prepared` prepares the corpus once into committed Parquet shards (Ray
 tasks) with the prior's bin counts; `pipeline.training.stream` streams them to each worker (a
 deterministic permutation of blocks per epoch, split among the ranks, a bounded shuffle window,
 crops seeded by each photo's position), decoding, cropping and converting to Lab in a
 background thread ahead of the step. The checkpoint holds every rank's data position, so a run
-resumed from a checkpoint at step s sees exactly the batches an uninterrupted run would have.
+resumed from a checkpoint at step s sees exactly the batches an uninterrupted run would have;
+it also names the prepared data those positions index (its digest and block count), and a
+run on other prepared data refuses to resume from it.
 
 Every `val_every` steps rank 0 scores the shipped weights on the first `val_max_photos`
 prepared validation photos (`pipeline.training.validation`, the metrics of `evaluate`); the best of
@@ -49,10 +51,7 @@ from pipeline.training.prepared import (
     prepare_photo_why,
 )
 from pipeline.training.stamps import decode_stamp
-from pipeline.training.stream import (
-    Loader,
-    Position,
-)
+from pipeline.training.stream import Batch, Loader, Position
 from pipeline.training.validation import SELECT, score, validation_photos
 
 CHECKPOINTS = "checkpoints"
@@ -69,6 +68,7 @@ def prepare_photo(data: bytes, size: int) -> np.ndarray | None:
 
 def prepare_settings(config: TrainConfig) -> PrepareSettings:
     """What the prepared data depends on (with the source shards' identity)."""
+    assert config.prepared is not None  # resolved by TrainConfig
     return PrepareSettings(config.prepared, config.val_fraction, config.fold, config.id_column,
                            config.image_column, holdout=config.holdout)  # fmt: skip
 
@@ -186,7 +186,7 @@ def init_net(colorizer: models.Colorizer, config: TrainConfig) -> None:
     if isinstance(colorizer.net, LiteColorNet):
         colorizer.net.encoder.load_state_dict(imagenet_state(colorizer.net.encoder.variant))
         colorizer.net.set_trainable_stages(config.trainable_stages)
-        colorizer.net.set_dropout(config.dropout)
+        colorizer.net.set_dropout(config.dropout or 0.0)
 
 
 def update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int) -> None:
@@ -256,6 +256,169 @@ def _all_ranks(value: Any, world: int, *, gather: bool) -> Any:
     return box[0]
 
 
+@dataclass
+class Trainee:
+    """One worker's model and what trains it: the colorizer (its net on the worker's device),
+    that net as DDP wraps it, the optimizer, the moving average and the rebalancing weights."""
+
+    colorizer: models.Colorizer
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: dict[str, torch.Tensor]
+    weights: torch.Tensor
+
+
+def build_trainee(config: TrainConfig, prior: torch.Tensor, device: torch.device) -> Trainee:
+    """The network as a new run starts it (seeded), on the device, wrapped for DDP."""
+    import ray.train.torch
+
+    torch.manual_seed(config.seed)
+    colorizer = models.build(config.arch, prior=prior)
+    init_net(colorizer, config)
+    colorizer.to(device)
+    if device.type == "cuda":
+        colorizer.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = make_optimizer(colorizer.net, config)
+    net = ray.train.torch.prepare_model(colorizer.net)
+    weights = rebalance_weights(colorizer.prior, config.rebalance_lambda)
+    ema = {k: v.detach().clone() for k, v in colorizer.net.state_dict().items()}
+    return Trainee(colorizer, net, optimizer, ema, weights)
+
+
+def data_record(prepared: Prepared) -> dict[str, Any]:
+    """What a checkpoint's data positions index: the prepared data (its settings' digest) and
+    its training blocks."""
+    return {"digest": prepared.digest, "blocks": len(prepared.blocks["train"])}
+
+
+def data_mismatch(uri: str, state: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """Why the checkpoint at URI cannot resume on the prepared data RECORD names (None: it
+    can; a checkpoint from before the record was kept cannot tell, and resumes)."""
+    recorded = state.get("prepared")
+    if recorded is None or recorded == record:
+        return None
+    return (
+        f"{uri} was trained on other prepared data (digest {recorded['digest']}, "
+        f"{recorded['blocks']} training blocks; now {record['digest']}, {record['blocks']}): "
+        f"its data positions index that data. The source or the preparation settings changed "
+        f"since: restore them to resume, or train into a new OUT"
+    )
+
+
+def check_resumable(out: str, prepared: Prepared) -> None:
+    """Before training: refuse (ValueError) when OUT's latest checkpoint was trained on other
+    prepared data than PREPARED."""
+    latest = latest_checkpoint(out)
+    if latest is not None:
+        problem = data_mismatch(latest, load_state(latest), data_record(prepared))
+        if problem:
+            raise ValueError(problem)
+
+
+def restore(
+    out: str, trainee: Trainee, record: dict[str, Any], device: torch.device, rank: int,
+    world: int,
+) -> tuple[RunState, Position]:  # fmt: skip
+    """OUT's latest checkpoint into the trainee: the run's state and this rank's data position
+    (a new run: step 0 at the stream's start)."""
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return RunState(), Position()
+    state = load_state(latest)
+    problem = data_mismatch(latest, state, record)
+    if problem:
+        raise ValueError(problem)
+    trainee.colorizer.net.load_state_dict(state["net"])
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    trainee.ema = {k: v.to(device) for k, v in (state.get("ema") or trainee.ema).items()}
+    run = RunState.from_checkpoint(state)
+    if run.positions is None:
+        return run, Position()
+    if len(run.positions) != world:
+        raise ValueError(
+            f"{latest} was written by {len(run.positions)} workers: resume with "
+            f"--workers {len(run.positions)}"
+        )
+    return run, Position.from_dict(run.positions[rank])
+
+
+def optimise(
+    trainee: Trainee, loader: Loader, config: TrainConfig, step: int, rank: int, run: RunState
+) -> Batch:
+    """Step `step`: its learning rates and dropout seed, the next batch, the update, the
+    moving average, the loss history. Returns the batch (its data position)."""
+    set_learning_rates(trainee.optimizer, config, step)
+    torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
+    batch = loader.next()
+    loss = train_step(trainee.net, trainee.colorizer, trainee.optimizer, batch.lightness,
+                      batch.ab, trainee.weights, config)  # fmt: skip
+    if config.ema_decay:
+        update_ema(trainee.ema, trainee.colorizer.net, config.ema_decay, step)
+    run.history.append(loss)
+    run.step = step + 1
+    return batch
+
+
+def due(every: int, done: int, config: TrainConfig) -> bool:
+    """Every `every` steps, and at the last one."""
+    return done % every == 0 or done == config.steps
+
+
+def validate_on_rank_zero(
+    run: RunState, out: str, config: TrainConfig, trainee: Trainee, prior: torch.Tensor,
+    photos: list[bytes], rank: int, world: int,
+) -> bool:  # fmt: skip
+    """Rank 0 scores the shipped weights (keeping best.pt); every rank learns whether to stop."""
+    stop = False
+    if rank == 0:
+        shipped = shipped_weights(trainee.colorizer.net, trainee.ema, config)
+        stop = _validation_point(run, out, config, prior, photos, shipped)
+    run.stopped = bool(_all_ranks(stop, world, gather=False))
+    return run.stopped
+
+
+def write_checkpoint(
+    out: str, trainee: Trainee, run: RunState, batch: Batch, config: TrainConfig,
+    record: dict[str, Any], rank: int, world: int,
+) -> None:  # fmt: skip
+    """Every rank's data position, then (rank 0) the weights, the optimizer, the moving
+    average, the run's state and the prepared data they index."""
+    run.positions = _all_ranks(batch.position.as_dict(), world, gather=True)
+    if rank == 0:
+        save_state(
+            checkpoint_uri(out, run.step),
+            {"net": trainee.colorizer.net.state_dict(), "optimizer": trainee.optimizer.state_dict(),
+             "ema": trainee.ema if config.ema_decay else None, "prepared": record,
+             **run.checkpoint()},
+        )  # fmt: skip
+
+
+def report_progress(
+    out: str, run: RunState, config: TrainConfig, step: int, loader: Loader,
+    started: tuple[float, int], rank: int, world: int,
+) -> None:  # fmt: skip
+    """The recent loss (and last validation) to Ray Train; rank 0 also writes OUT/progress.json
+    (the flow's progress bar) with the rate since `started` (time, step)."""
+    import ray.train
+
+    done = run.step
+    recent = run.history[-config.log_every :]
+    metrics = {
+        "step": done,
+        "loss": sum(recent) / len(recent),
+        "lr": learning_rate(config, step),
+        "data_wait_seconds": loader.wait_seconds,
+    }
+    if run.validation:
+        metrics["val_" + SELECT] = run.validation[-1][SELECT]
+    if rank == 0:
+        t0, start = started
+        rate = (done - start) * config.batch_size * world / (time.perf_counter() - t0)
+        progress = {**metrics, "steps": config.steps, "images_per_second": rate}
+        storage.write_bytes(storage.join(out, PROGRESS), json.dumps(progress).encode())
+    ray.train.report(metrics)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point (TorchTrainer, DDP). Rank 0 validates and writes checkpoints and
     progress; every rank streams its own share of the prepared data."""
@@ -264,41 +427,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     config = TrainConfig(**loop_config["config"])
     out: str = loop_config["out"]
+    record: dict[str, Any] = loop_config["data"]
     storage.configure(loop_config.get("s3_endpoint_url"))
     torch.set_num_threads(config.threads_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     blocks = [Block(**b) for b in loop_config["train_blocks"]]
     stamps = load_stamps(config.stamps) if config.paste else None
-
-    torch.manual_seed(config.seed)
     prior = torch.tensor(loop_config["prior"], dtype=torch.float32)
-    colorizer = models.build(config.arch, prior=prior)
-    init_net(colorizer, config)
     device = ray.train.torch.get_device()
-    cuda = device.type == "cuda"
-    colorizer.to(device)
-    if cuda:
-        colorizer.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = make_optimizer(colorizer.net, config)
-    net = ray.train.torch.prepare_model(colorizer.net)
-    weights = rebalance_weights(colorizer.prior, config.rebalance_lambda)
-    ema = {k: v.detach().clone() for k, v in colorizer.net.state_dict().items()}
-    run, position = RunState(), Position()
-    latest = latest_checkpoint(out)
-    if latest is not None:
-        state = load_state(latest)
-        colorizer.net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema = {k: v.to(device) for k, v in (state.get("ema") or ema).items()}
-        run = RunState.from_checkpoint(state)
-        if run.positions is not None:
-            if len(run.positions) != world:
-                raise ValueError(
-                    f"{latest} was written by {len(run.positions)} workers: resume with "
-                    f"--workers {len(run.positions)}"
-                )
-            position = Position.from_dict(run.positions[rank])
+    trainee = build_trainee(config, prior, device)
+    run, position = restore(out, trainee, record, device, rank, world)
     if run.stopped:
         return
     photos = (
@@ -306,50 +445,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0 and config.val_every
         else []
     )
-    loader = Loader(blocks, config, rank, world, run.step, position, stamps, pin=cuda)
-    net.train()
-    t0 = time.perf_counter()
-    start = run.step
+    loader = Loader(blocks, config, rank, world, run.step, position, stamps,
+                    pin=device.type == "cuda")  # fmt: skip
+    trainee.net.train()
+    started = (time.perf_counter(), run.step)
     try:
-        for step in range(start, config.steps):
-            set_learning_rates(optimizer, config, step)
-            torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
-            batch = loader.next()
-            loss = train_step(net, colorizer, optimizer, batch.lightness, batch.ab, weights, config)
-            if config.ema_decay:
-                update_ema(ema, colorizer.net, config.ema_decay, step)
-            run.history.append(loss)
-            run.step = done = step + 1
+        for step in range(run.step, config.steps):
+            batch = optimise(trainee, loader, config, step, rank, run)
             stop = False
-            if config.val_every and (done % config.val_every == 0 or done == config.steps):
-                if rank == 0:
-                    shipped = shipped_weights(colorizer.net, ema, config)
-                    stop = _validation_point(run, out, config, prior, photos, shipped)
-                stop = bool(_all_ranks(stop, world, gather=False))
-                run.stopped = stop
-            if done % config.checkpoint_every == 0 or done == config.steps or stop:
-                run.positions = _all_ranks(batch.position.as_dict(), world, gather=True)
-                if rank == 0:
-                    save_state(
-                        checkpoint_uri(out, done),
-                        {"net": colorizer.net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "ema": ema if config.ema_decay else None, **run.checkpoint()},
-                    )  # fmt: skip
-            if done % config.log_every == 0 or done == config.steps or stop:
-                recent = run.history[-config.log_every :]
-                metrics = {
-                    "step": done,
-                    "loss": sum(recent) / len(recent),
-                    "lr": learning_rate(config, step),
-                    "data_wait_seconds": loader.wait_seconds,
-                }
-                if run.validation:
-                    metrics["val_" + SELECT] = run.validation[-1][SELECT]
-                if rank == 0:
-                    rate = (done - start) * config.batch_size * world / (time.perf_counter() - t0)
-                    progress = {**metrics, "steps": config.steps, "images_per_second": rate}
-                    storage.write_bytes(storage.join(out, PROGRESS), json.dumps(progress).encode())
-                ray.train.report(metrics)
+            if config.val_every and due(config.val_every, run.step, config):
+                stop = validate_on_rank_zero(run, out, config, trainee, prior, photos, rank, world)
+            if due(config.checkpoint_every, run.step, config) or stop:
+                write_checkpoint(out, trainee, run, batch, config, record, rank, world)
+            if due(config.log_every, run.step, config) or stop:
+                report_progress(out, run, config, step, loader, started, rank, world)
             if stop:
                 break
     finally:
@@ -400,6 +509,7 @@ def fit(prepared: Prepared, out: str, config: TrainConfig, prior: torch.Tensor,
             "config": asdict(config),
             "out": out,
             "prior": prior.tolist(),
+            "data": data_record(prepared),
             "s3_endpoint_url": s3_endpoint_url,
             "train_blocks": [asdict(b) for b in prepared.blocks["train"]],
             "val_blocks": [asdict(b) for b in prepared.blocks["val"]],
@@ -412,6 +522,11 @@ def fit(prepared: Prepared, out: str, config: TrainConfig, prior: torch.Tensor,
     trainer.fit()
 
 
+def ships_best(out: str, config: TrainConfig) -> bool:
+    """The run ships its best validated checkpoint (best.pt), not its last one."""
+    return bool(config.val_every) and storage.exists(best_uri(out))
+
+
 def final_colorizer(out: str, config: TrainConfig, prior: torch.Tensor) -> models.Colorizer:
     """The model the run ships, with its prior, ready for `models.save`: the best validated
     checkpoint with --val-every, else the latest one (its EMA weights when kept)."""
@@ -421,7 +536,7 @@ def final_colorizer(out: str, config: TrainConfig, prior: torch.Tensor) -> model
     state = load_state(latest)
     colorizer = models.build(config.arch, prior=prior)
     training: dict[str, Any] = {"steps": int(state["step"])}
-    if config.val_every and storage.exists(best_uri(out)):
+    if ships_best(out, config):
         best = load_state(best_uri(out))
         colorizer.net.load_state_dict(best["net"])
         training.update(best_step=int(best["step"]), selected_by={SELECT: float(best["score"])})
