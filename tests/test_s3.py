@@ -67,7 +67,10 @@ def test_pack_and_colorize_s3_to_s3(tmp_path: Path, s3_server, bucket, ray_local
     storage.write_bytes(f"s3://{bucket}/models/small.safetensors", model_path.read_bytes())
 
     pack_images(f"s3://{bucket}/incoming", f"s3://{bucket}/packed", shard_size=4)
-    assert _keys(s3_server, bucket, "packed/") == [f"packed/part-0000{i}.parquet" for i in range(3)]
+    assert _keys(s3_server, bucket, "packed/") == [
+        "packed/_pack.json",
+        *(f"packed/part-0000{i}.parquet" for i in range(3)),
+    ]
     result = colorize_archive(
         f"s3://{bucket}/packed",
         f"s3://{bucket}/out",
@@ -126,7 +129,7 @@ def test_colorize_and_evaluate_leave_no_temp_file(tmp_path: Path, s3_server, buc
     for rel, blob in files.items():
         storage.write_bytes(f"s3://{bucket}/incoming/{rel}", blob)
     pack_images(f"s3://{bucket}/incoming", f"s3://{bucket}/packed", shard_size=4)
-    assert len(_keys(s3_server, bucket, "packed/")) == 3
+    assert len(_keys(s3_server, bucket, "packed/")) == 4  # 3 shards and _pack.json
     model_path = tmp_path / "small.safetensors"
     models.save(models.build("small"), model_path)
     storage.write_bytes(f"s3://{bucket}/models/small.safetensors", model_path.read_bytes())
