@@ -146,6 +146,7 @@ def _crossval(args: argparse.Namespace) -> int:
         recipe=_recipe(args),
         folds=args.folds,
         by_folder=args.by_folder,
+        groups=args.groups,
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
         show_progress=True,
@@ -173,6 +174,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         fold=args.fold,
         holdout=args.holdout,
         degrade=args.degrade,
+        film=args.film,
         temperature=args.temperature,
         flip_average=args.flip_average,
         image_column=args.image_column,
@@ -180,6 +182,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         s3_endpoint_url=args.s3_endpoint_url,
     )
+    if result.get("film"):
+        print(f"film: {result['film']} (model and gray baseline see its gray as L)")
     _print_evaluation(result)
     print(f"report: {args.out}/evaluation.md, {args.out}/contact_sheet.png")
     return 0
@@ -370,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_option(
         common,
         "--holdout",
-        help="instead of a fold, hold out every photo under this top folder of the ids (a "
-        "packed folder's ids are its paths): a source the model never sees",
+        help="instead of a fold, hold out every photo under this top folder of the ids, or "
+        "these comma-separated ones (a packed folder's ids are its paths): sources the model "
+        "never sees",
     )
     recipe = argparse.ArgumentParser(add_help=False)  # what `train` trains, and how
     _train_option(
@@ -445,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _train_option(
         recipe,
+        "--film",
+        help="share of training crops whose L input is the gray of a random film response "
+        "(orthochromatic, panchromatic, or panchromatic behind a yellow, orange or red filter) "
+        "instead of Lab's L, before any --degrade; the target keeps the true colours "
+        "(default %(default)s)",
+    )
+    _train_option(
+        recipe,
         "--stamps",
         help="folder or s3:// prefix of photographic cut-outs (RGBA PNG) to paste onto "
         "training crops (make stamp-corpus STAMPS=DIR builds one from tuxpaint-stamps-default)",
@@ -484,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads per worker decoding and cropping ahead of the step (default %(default)s)",
     )
     _train_option(recipe, "--seed", help="crops, flips and init (default %(default)s)")
+    _train_option(
+        recipe,
+        "--init",
+        help="fine-tune a model: 'default', a .safetensors path or s3:// URI; its weights, "
+        "architecture (--arch must name it) and prior replace ImageNet's and the data's "
+        "(docs/training.md, 'Adapting a model to your own collection')",
+    )
 
     train = sub.add_parser(
         "train",
@@ -505,13 +525,23 @@ def build_parser() -> argparse.ArgumentParser:
         "and as old prints: OUT/crossval.md and crossval.json. Re-running resumes.",
     )
     cv.add_argument("source", help="colour photos: Parquet archive or image folder/prefix")
-    cv.add_argument("out", help="folder or s3:// prefix: fold-N/ runs, crossval.md/.json")
+    cv.add_argument(
+        "out", help="folder or s3:// prefix: fold-N/ (or group-K/) runs, crossval.md/.json"
+    )
     cv.add_argument("--folds", type=int, default=5, help="folds, by id hash (default 5)")
     cv.add_argument(
         "--by-folder",
         action="store_true",
         help="one fold per top folder of the ids instead (leave one source out: each model "
         "is scored on photos from a source it never saw); --folds is then not used",
+    )
+    cv.add_argument(
+        "--groups",
+        type=int,
+        metavar="N",
+        help="N folds (2..20) of whole top folders of similar size instead (OUT/group-K: each "
+        "model scored on sources it never saw, in fewer and steadier folds than --by-folder; "
+        "the same corpus always gives the same groups); --folds is then not used",
     )
     cv.add_argument(
         "--final",
@@ -534,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("root", help="folder the .deb was unpacked into")
     st.add_argument("out", help="folder for the chosen stamps")
     st.set_defaults(func=_stamps)
+
+    from pipeline.imaging.degrade import FILMS  # evaluate --film's names
 
     ev = sub.add_parser(
         "evaluate",
@@ -562,6 +594,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the old-print versions of the photos (faded, soft, grain, dust, JPEG 45: "
         "pipeline/imaging/degrade.py OLD_PRINT) against their clean colours",
+    )
+    ev.add_argument(
+        "--film",
+        choices=tuple(FILMS),
+        default=None,
+        help="score the photos as shot on this film: model and gray baseline see its gray "
+        "(ortho: blind to red; pan: near luminance; yellow/orange/red: pan behind that "
+        "filter, darker skies) instead of Lab's L, against the true colours; with --degrade, "
+        "the film's gray is then damaged as an old print (default: Lab's L)",
     )
     ev.set_defaults(func=_evaluate)
 

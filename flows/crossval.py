@@ -2,7 +2,8 @@
 
 The corpus is packed once (an interrupted pack is completed); fold f trains the recipe (the
 `train_model` flow) with the ids hashed into [f/k, (f+1)/k) held out (or, `by_folder`, every
-photo of one source folder: leave one source out), and scores the model on them against the
+photo of one source folder: leave one source out; or, `groups`, every photo of a group of
+source folders, the groups of similar size), and scores the model on them against the
 gray baseline, on clean inputs (training's own evaluation) and on their old-print versions.
 Every option, and every fold's recorded recipe, is checked before the first fold trains. The
 figures of every fold, their mean and spread go to OUT/crossval.json and crossval.md.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +28,46 @@ from flows.colorize import ConfigError
 from flows.evaluate import evaluate_model
 from flows.train import (
     check_inputs,
+    image_ids,
     packed_source,
     recipe_conflict,
-    top_folders,
     train_config,
     train_model,
 )
 from pipeline.archive import storage
 from pipeline.training.config import SPLIT_OPTIONS, TrainConfig
-from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
+from pipeline.training.crossval import crossval_markdown, fold_figures, group_sources, summarise
+from pipeline.training.prepared import source_sizes, top_folder
 
 FINAL_SPLIT: dict[str, Any] = {"val_fraction": 0.0, "fold": 0}  # every photo trains
 
 
-def check_request(recipe: dict[str, Any], folds: int, final: bool) -> None:
+@dataclass(frozen=True)
+class Fold:
+    """One fold: its name in the report, its run folder under OUT, the split options that
+    hold it out, and (--groups) the source folders it holds out with their photos."""
+
+    name: str
+    folder: str
+    split: dict[str, Any]
+    sources: dict[str, int] = field(default_factory=dict)
+
+
+def check_request(
+    recipe: dict[str, Any], folds: int, final: bool, by_folder: bool = False,
+    groups: int | None = None,
+) -> None:  # fmt: skip
     """The options crossval itself owns, checked before anything runs."""
     if not 2 <= folds <= 20:
         raise ConfigError(f"--folds must be in 2..20, got {folds}")
+    if groups is not None:
+        if by_folder:
+            raise ConfigError(
+                "--groups and --by-folder are two ways to leave sources out: one fold per "
+                "group of source folders, or one per source folder; pass one of them"
+            )
+        if not 2 <= groups <= 20:
+            raise ConfigError(f"--groups must be in 2..20, got {groups}")
     for name in (*SPLIT_OPTIONS, "source", "out"):
         if name in recipe:
             raise ConfigError(f"cross-validation sets {name} itself; do not pass it")
@@ -53,25 +79,55 @@ def check_request(recipe: dict[str, Any], folds: int, final: bool) -> None:
         )
 
 
+def source_photos(source: str, uris: list[str], id_column: str) -> dict[str, int]:
+    """{top folder of SOURCE's ids: its ids}, by name ("": photos at its top level)."""
+    if uris:
+        return source_sizes(source, id_column)
+    return dict(sorted(Counter(top_folder(i) for i in image_ids(source)).items()))
+
+
 def fold_splits(
-    source: str, uris: list[str], config: TrainConfig, folds: int, by_folder: bool
-) -> dict[str, dict[str, Any]]:
-    """{fold name: its split options}: FOLDS hash folds, or one per top folder of the ids."""
-    if not by_folder:
-        return {str(k): {"val_fraction": 1.0 / folds, "fold": k} for k in range(folds)}
-    names = top_folders(source, uris, config.id_column)
-    if "" in names:  # --holdout "" means no holdout: these would form a hash split
+    source: str, uris: list[str], config: TrainConfig, folds: int, by_folder: bool,
+    groups: int | None = None,
+) -> list[Fold]:  # fmt: skip
+    """The folds: FOLDS by id hash (OUT/fold-K), or one per top folder of the ids
+    (OUT/fold-NAME), or GROUPS groups of top folders of similar size (OUT/group-K)."""
+    if not by_folder and groups is None:
+        return [Fold(str(k), f"fold-{k}", {"val_fraction": 1.0 / folds, "fold": k})
+                for k in range(folds)]  # fmt: skip
+    option = "--by-folder" if by_folder else f"--groups {groups}"
+    sizes = source_photos(source, uris, config.id_column)
+    if "" in sizes:  # --holdout "" means no holdout: these would form a hash split
         raise ConfigError(
-            f"--by-folder: some photos of {source} are at its top level, in no source folder: "
+            f"{option}: some photos of {source} are at its top level, in no source folder: "
             f"move them into a folder of their own (each top folder is one source), or use "
             f"--folds"
         )
-    if len(names) < 2:
+    commas = [name for name in sizes if "," in name]
+    if commas:  # --holdout a,b names two folders
         raise ConfigError(
-            f"--by-folder needs photos in at least two top folders of {source}, found "
-            f"{names or 'none'}: arrange the corpus by source, or use --folds"
+            f"{option}: the source folders {commas} of {source} have a comma in their name, "
+            f"which --holdout reads as a list of folders: rename them"
         )
-    return {name: {"holdout": name} for name in names}
+    if len(sizes) < max(2, groups or 0):
+        raise ConfigError(
+            f"{option} needs photos in at least {max(2, groups or 0)} top folders of "
+            f"{source}, found {list(sizes) or 'none'}: arrange the corpus by source, or use "
+            f"--folds"
+        )
+    if by_folder:
+        return [Fold(name, f"fold-{name}", {"holdout": name}) for name in sizes]
+    return [
+        Fold(f"group-{k}", f"group-{k}", {"holdout": ",".join(names)},
+             {name: sizes[name] for name in names})
+        for k, names in enumerate(group_sources(sizes, groups or 0))
+    ]  # fmt: skip
+
+
+def group_records(splits: list[Fold]) -> list[dict[str, Any]]:
+    """--groups: each fold's name, holdout, photos and its sources' photos, for crossval.json."""
+    return [{"name": f.name, "holdout": f.split["holdout"], "photos": sum(f.sources.values()),
+             "sources": f.sources} for f in splits]  # fmt: skip
 
 
 def check_runs(runs: dict[str, TrainConfig]) -> None:
@@ -97,19 +153,22 @@ def cross_validate(
     show_progress: bool = False,
     final: bool = False,
     by_folder: bool = False,
+    groups: int | None = None,
 ) -> dict[str, Any]:
     """Train RECIPE (`train_model` options) FOLDS times on SOURCE, each time holding out one
     fold, and score each model on its fold, clean and as old prints. With FINAL, then train
     the recipe on every photo into OUT/final, its card carrying the cross-validated figures:
     the model to ship. BY_FOLDER: one fold per top folder of the ids instead (OUT/fold-NAME),
-    each model scored on a source it never saw: the figure for an archive's own photos."""
+    each model scored on a source it never saw: the figure for an archive's own photos.
+    GROUPS: the top folders in GROUPS folds of similar size instead (OUT/group-K), no source
+    split: each model scored on sources it never saw, fewer and steadier folds."""
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}  # None: the default
-    check_request(recipe, folds, final)
+    check_request(recipe, folds, final, by_folder, groups)
     storage.configure(s3_endpoint_url)
     uris = check_inputs(source, train_config(recipe))
-    splits = fold_splits(source, uris, train_config(recipe), folds, by_folder)
-    runs = {storage.join(out, f"fold-{name}"): train_config({**recipe, **split})
-            for name, split in splits.items()}  # fmt: skip
+    splits = fold_splits(source, uris, train_config(recipe), folds, by_folder, groups)
+    runs = {storage.join(out, fold.folder): train_config({**recipe, **fold.split})
+            for fold in splits}  # fmt: skip
     if final:
         runs[storage.join(out, "final")] = train_config({**recipe, **FINAL_SPLIT})
     check_runs(runs)
@@ -117,18 +176,19 @@ def cross_validate(
     archive, _ = packed_source(source, out, uris)
     where: dict[str, Any] = {"ray_address": ray_address, "s3_endpoint_url": s3_endpoint_url}
     clean, old_print = [], []
-    for name, split in splits.items():
-        fold_out = storage.join(out, f"fold-{name}")
+    for fold in splits:
+        fold_out = storage.join(out, fold.folder)
         evaluation, degraded = evaluate_fold(
-            archive, fold_out, runs[fold_out], {**split, **recipe}, where, show_progress
+            archive, fold_out, runs[fold_out], {**fold.split, **recipe}, where, show_progress
         )
         clean.append(fold_figures(evaluation))
         old_print.append(fold_figures(degraded))
-        logger.info("fold %s (%d of %d): %s", name, len(clean), len(splits), clean[-1])
+        logger.info("fold %s (%d of %d): %s", fold.name, len(clean), len(splits), clean[-1])
     result = {
         "source": source,
         "folds": len(splits),
-        "fold_names": list(splits) if by_folder else None,
+        "fold_names": [f.name for f in splits] if by_folder or groups is not None else None,
+        "groups": group_records(splits) if groups is not None else None,
         "recipe": recipe,
         # with --val-every each fold ships the checkpoint its own held-out photos chose
         "selected_on_evaluated_photos": bool(recipe.get("val_every")),

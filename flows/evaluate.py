@@ -13,6 +13,7 @@ from flows.colorize import ConfigError, check_model
 from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, SourceError, list_shards
 from pipeline.colorize.runner import ensure_ray
+from pipeline.imaging.degrade import FILMS
 from pipeline.training.config import check_fold, check_holdout
 from pipeline.training.evaluate import (
     SPLITS,
@@ -33,6 +34,7 @@ def evaluate_shards(
     fold: int,
     holdout: str,
     degrade: bool,
+    film: str | None,
     columns: ColumnNames,
     temperature: float | None,
     flip_average: bool | None,
@@ -52,6 +54,7 @@ def evaluate_shards(
             fold=fold,
             holdout=holdout,
             degrade=degrade,
+            film=film,
             columns=columns,
             temperature=temperature,
             flip_average=flip_average,
@@ -76,6 +79,7 @@ def evaluate_model(
     fold: int = 0,
     holdout: str = "",
     degrade: bool = False,
+    film: str | None = None,
     temperature: float | None = None,
     flip_average: bool | None = None,
     image_column: str = "image",
@@ -86,9 +90,16 @@ def evaluate_model(
     """Score MODEL and the gray baseline on the colour photos of SPLIT of SOURCE; write
     OUT/evaluation.json, evaluation.md and contact_sheet.png. SPLIT and FOLD select rows by
     id hash as training does (HOLDOUT: the photos under that top folder); DEGRADE scores the
-    old-print versions of the photos."""
+    old-print versions of the photos; FILM (a name of pipeline.imaging.degrade.FILMS) the
+    photos as shot on that film: its gray is the L both the model and the gray baseline see
+    (then damaged, with DEGRADE), scored against the true colours."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if film is not None and film not in FILMS:
+        raise ConfigError(
+            f"--film must name one of the films {', '.join(FILMS)} (or be left out for Lab's "
+            f"L), got {film!r}"
+        )
     try:
         check_fold(fold, val_fraction)
         check_holdout(holdout)
@@ -106,6 +117,7 @@ def evaluate_model(
         fold,
         holdout,
         degrade,
+        film,
         ColumnNames(image_column, id_column),
         temperature,
         flip_average,
@@ -113,7 +125,7 @@ def evaluate_model(
     )
     evaluation.update(
         split=split, val_fraction=val_fraction, fold=fold, holdout=holdout, degrade=degrade,
-        source=source,
+        film=film, source=source,
         model=model, flip_average=flip_average,
     )  # fmt: skip
     markdown = evaluation_markdown(evaluation, model, source, split)

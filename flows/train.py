@@ -8,6 +8,11 @@ baseline on the validation split, and records those figures in the card. Re-runn
 same OUT resumes from the latest checkpoint there (the same recipe, OUT/recipe.json, and the
 same prepared data only). Every input is checked before anything is written, so a run refused
 for a bad option leaves nothing behind to refuse its corrected re-run.
+
+With `init` (a model: "default", a path, s3://) the run fine-tunes it: the net starts from that
+model's weights, keeps its architecture (--arch must name it) and trains against its prior, the
+colours its output bins were trained on; the prepared data's counts are made all the same. Its
+id (`<file name>@<sha256 prefix>`) is part of the recipe.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pipeline.archive import storage
 from pipeline.archive.pack import PACK_SCHEMA, pack_images
 from pipeline.archive.shards import IMAGE_SUFFIXES, SourceError, parquet_schema
 from pipeline.colorize.runner import ensure_ray
+from pipeline.colorize.worker import model_id, resolve_model
 from pipeline.review import report
 from pipeline.review.artifact import artifact_from_files
 from pipeline.training.config import (
@@ -95,13 +101,69 @@ def recorded_recipe(out: str) -> dict[str, Any] | None:
 def train_config(options: dict[str, Any]) -> TrainConfig:
     """The recipe of OPTIONS (`train`'s options by TrainConfig's names; any other key, such as
     prepared_data, is not a setting of the recipe), checked: a bad option is a ConfigError
-    that says how to fix it."""
+    that says how to fix it. With --init, the model is read (storage configured first) and
+    its id recorded in the recipe."""
     config = TrainConfig(**{k: v for k, v in options.items() if k in OPTIONS})
     try:
         config.validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    check_init(config)
     return config
+
+
+def init_mismatch(card: dict[str, Any], config: TrainConfig) -> str | None:
+    """Why the model whose card is CARD cannot be fine-tuned with CONFIG (None: it can)."""
+    arch = card["config"]["arch"]
+    if arch != config.arch:
+        return (
+            f"--init {config.init!r} is a {arch} model and --arch is {config.arch}: a fine-tune "
+            f"keeps the init model's architecture; pass --arch {arch} (the init model's) or "
+            f"drop --init"
+        )
+    centers, ours = torch.tensor(card["centers"]), models.gamut_bin_centers()
+    if centers.shape != ours.shape or not torch.allclose(centers, ours, atol=1e-4):
+        return (
+            f"--init {config.init!r} predicts {centers.shape[0]} colour bins that are not the "
+            f"{ours.shape[0]} ab bins training uses (a model `archive-colorize train` did not "
+            f"make, such as the converted ECCV16 release): it cannot be fine-tuned here"
+        )
+    return None
+
+
+def check_init(config: TrainConfig) -> None:
+    """--init names a model this recipe can fine-tune (there, readable, of --arch, on the
+    training's bins): else a ConfigError, before anything is written. Its id goes into the
+    recipe (`init_id`), so that a run resumed with other weights under the same name refuses."""
+    if not config.init:
+        return
+    try:
+        with resolve_model(config.init) as path:
+            card = models.read_card(path)
+            config.init_id = model_id(path)
+    except Exception as exc:  # missing, unreadable, not a model card: the option is wrong
+        raise ConfigError(
+            f"--init {config.init!r}: no model to fine-tune there ({exc}); pass 'default', a "
+            f".safetensors file written by `archive-colorize train`, or its s3:// URI"
+        ) from exc
+    problem = init_mismatch(card, config)
+    if problem:
+        raise ConfigError(problem)
+
+
+def init_model(config: TrainConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The net's weights and the prior of the model --init names: the one `check_init` read
+    (refused if it changed since)."""
+    with resolve_model(config.init) as path:
+        found = model_id(path)
+        if found != config.init_id:
+            raise ConfigError(
+                f"--init {config.init!r} changed since the run was checked ({config.init_id} "
+                f"-> {found}): re-run"
+            )
+        model = models.load(path)
+    weights = {k: v.detach().contiguous().clone() for k, v in model.net.state_dict().items()}
+    return weights, model.prior.detach().clone()
 
 
 def recipe_conflict(out: str, config: TrainConfig) -> str | None:
@@ -230,9 +292,10 @@ def prepare_data(
 @task(cache_policy=NO_CACHE)
 def run_training(
     data: dict[str, Any], out: str, config: TrainConfig, s3_endpoint_url: str | None,
-    show_progress: bool,
+    show_progress: bool, init: dict[str, torch.Tensor] | None = None,
 ) -> float:  # fmt: skip
-    """Ray Train; a watcher thread turns OUT/progress.json into a progress bar and artifact."""
+    """Ray Train (from INIT's weights: a fine-tune); a watcher thread turns OUT/progress.json
+    into a progress bar and artifact."""
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -257,7 +320,7 @@ def run_training(
     watcher.start()
     try:
         with tempfile.TemporaryDirectory(prefix="ray-train-") as scratch:
-            fit(data["prepared"], out, config, data["prior"], s3_endpoint_url, scratch)
+            fit(data["prepared"], out, config, data["prior"], s3_endpoint_url, scratch, init)
     finally:
         stop.set()
         watcher.join()
@@ -272,11 +335,20 @@ def save_model(
 ) -> str:  # fmt: skip
     """OUT/model.safetensors (+ model.json) with its card, and OUT/loss.png."""
     colorizer = final_colorizer(out, config, data["prior"])
+    fine_tuned = {"init": {"model": config.init, "id": config.init_id}} if config.init else {}
     colorizer.card.update(
         {
             "name": "archive-colorize " + config.arch,
             "training": {
                 **colorizer.card.get("training", {}),
+                **fine_tuned,
+                # the card's "prior": what the rebalancing weighed and what decoding assumes
+                "prior_from": (
+                    f"the init model {config.init_id} (its training photos' colours: its output "
+                    f"bins were trained against it)"
+                    if config.init
+                    else "this run's training photos (smoothed bin counts)"
+                ),
                 "source": source,
                 "images": data["images"],
                 "prepared_data": data["prepared"].digest,  # the preparation settings' hash
@@ -348,6 +420,7 @@ def train_model(
     weight_decay: float = DEFAULTS["weight_decay"],
     dropout: float | None = DEFAULTS["dropout"],
     degrade: float = DEFAULTS["degrade"],
+    film: float = DEFAULTS["film"],
     stamps: str = DEFAULTS["stamps"],
     paste: float = DEFAULTS["paste"],
     val_fraction: float = DEFAULTS["val_fraction"],
@@ -364,6 +437,7 @@ def train_model(
     seed: int = DEFAULTS["seed"],
     image_column: str = DEFAULTS["image_column"],
     id_column: str = DEFAULTS["id_column"],
+    init: str = DEFAULTS["init"],
     ray_address: str | None = None,
     s3_endpoint_url: str | None = None,
     show_progress: bool = False,
@@ -372,11 +446,13 @@ def train_model(
     s3://) into OUT (local or s3://): checkpoints, model.safetensors with its card, loss.png,
     and the validation evaluation against the gray baseline. The prepared data goes under
     PREPARED_DATA (local or s3://, shared by runs) or OUT/prepared. The recipe's options and
-    their defaults are TrainConfig's (pipeline/training/config.py)."""
+    their defaults are TrainConfig's (pipeline/training/config.py). INIT: a model to fine-tune
+    (its weights, architecture and prior) instead of starting from ImageNet."""
     # the parameters named as TrainConfig's fields are the recipe (Prefect and deployments
     # need them spelled out; tests/test_cli.py checks they are OPTIONS, at its defaults)
-    config = train_config({k: v for k, v in locals().items() if k in OPTIONS})
-    storage.configure(s3_endpoint_url)
+    options = {k: v for k, v in locals().items() if k in OPTIONS}
+    storage.configure(s3_endpoint_url)  # an s3:// --init is read by train_config
+    config = train_config(options)
     uris = check_inputs(source, config)
     check_recipe(out, config)
     ensure_ray(ray_address)
@@ -387,8 +463,13 @@ def train_model(
         check_resumable(out, data["prepared"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    init_weights = None
+    if config.init:  # its prior, not the data's: the one its output bins were trained against
+        init_weights, data["prior"] = init_model(config)
+        get_run_logger().info("fine-tuning %s (%s): its weights and its prior", config.init,
+                              config.init_id)  # fmt: skip
     claim_run(out, config)
-    seconds = run_training(data, out, config, s3_endpoint_url, show_progress)
+    seconds = run_training(data, out, config, s3_endpoint_url, show_progress, init_weights)
     model_uri = save_model(out, config, data, source, seconds, None)
     evaluation = evaluate_model(
         source=archive,

@@ -44,6 +44,7 @@ NOT_DEFAULT = {
     "degrade": 0.25, "stamps": "stamps/", "paste": 0.5, "workers": 2, "checkpoint_every": 9,
     "soft_k": 3, "seed": 11, "val_every": 4, "val_max_photos": 8, "patience": 2,
     "loader_threads": 3, "image_column": "jpeg", "id_column": "photo_id",
+    "film": 0.5, "init": "runs/old/model.safetensors",
     "prepared_data": "shared/prepared",
 }  # fmt: skip
 

@@ -15,8 +15,8 @@ from flows import cli
 from pipeline.archive.pack import pack_images
 from pipeline.imaging.color import rgb_to_lab
 from pipeline.imaging.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
-from pipeline.training.config import TrainConfig, check_fold
-from pipeline.training.crossval import crossval_markdown, fold_figures, summarise
+from pipeline.training.config import TrainConfig, check_fold, check_holdout_matches
+from pipeline.training.crossval import crossval_markdown, fold_figures, group_sources, summarise
 from pipeline.training.prepared import split_of, top_folder
 from pipeline.training.stream import degraded_input
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
@@ -44,6 +44,108 @@ def test_holdout_holds_out_one_source_folder_whatever_the_fold():
         assert held == ["museum/a.jpg", "museum/sub/b.tif"]
     with pytest.raises(ValueError, match="one top folder"):
         TrainConfig(holdout="museum/sub").validate()
+
+
+def test_holdout_of_several_folders_holds_out_each_of_them_and_only_them():
+    ids = ["museum/a.jpg", "museum/sub/b.tif", "library/c.jpg", "museum.jpg", "museumx/d.jpg",
+           "parish/e.jpg"]  # fmt: skip
+    for fold in range(5):
+        held = [i for i in ids if split_of(i, 0.2, fold, holdout="library,museum") == "val"]
+        assert held == ["museum/a.jpg", "museum/sub/b.tif", "library/c.jpg"]
+    TrainConfig(holdout="library,museum").validate()
+    for bad in ("library,,museum", ",museum", "museum,", "library,museum/sub"):
+        with pytest.raises(ValueError, match="several comma-separated"):
+            TrainConfig(holdout=bad).validate()  # an empty name would hold out the top level
+    check_holdout_matches("library,museum", ["library", "museum", "parish"])
+    with pytest.raises(ValueError, match="'musuem' matches no top folder"):
+        check_holdout_matches("library,musuem", ["library", "museum", "parish"])
+
+
+def test_sources_group_into_folds_of_similar_size_the_same_way_every_time():
+    sizes = {"a": 263, "b": 53, "c": 53, "d": 50, "e": 28, "f": 24, "g": 19, "h": 1}
+    # by hand: a (263) -> 0; b (53, before c by name) -> 1; c -> 2; d: folds 1 and 2 tie at
+    # 53, the lower index -> 1 (103); e -> 2 (81); f -> 2 (105); g -> 1 (122); h -> 2 (106)
+    expected = [["a"], ["b", "d", "g"], ["c", "e", "f", "h"]]
+    assert group_sources(sizes, 3) == expected
+    assert group_sources(dict(reversed(sizes.items())), 3) == expected  # not by dict order
+    # equal sizes: by name, each to the emptiest fold, the lower index among equals
+    assert group_sources({"z": 2, "y": 2, "x": 2, "w": 2}, 2) == [["w", "y"], ["x", "z"]]
+
+
+def test_crossval_groups_refuses_what_it_cannot_group_before_anything_is_written(tmp_path, capsys):
+    src = photo_folder(tmp_path / "photos", {"library": 2, "museum": 1, "parish": 1})
+    out = tmp_path / "cv"
+    argv = ["crossval", str(src), str(out), "--arch", "small", "--steps", "2", "--crop", "64",
+            "--batch-size", "4", "--checkpoint-every", "2"]  # fmt: skip
+    for bad, says in (
+        (["--groups", "2", "--by-folder"], "--groups and --by-folder"),
+        (["--groups", "1"], "--groups must be in 2..20, got 1"),
+        (["--groups", "21"], "--groups must be in 2..20, got 21"),
+        (["--groups", "4"], "--groups 4 needs photos in at least 4 top folders"),
+    ):
+        with pytest.raises(SystemExit) as exit_code:
+            cli.main([*argv, *bad])
+        assert exit_code.value.code == 2
+        assert says in capsys.readouterr().err
+        assert not out.exists()
+    (src / "loose.jpg").write_bytes((src / "museum" / "0.jpg").read_bytes())
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main([*argv, "--groups", "2"])
+    assert exit_code.value.code == 2
+    assert "--groups 2: some photos of" in capsys.readouterr().err
+    assert not out.exists()
+    (src / "st. mary, parish").mkdir()  # --holdout would read its name as two folders
+    (src / "loose.jpg").rename(src / "st. mary, parish" / "0.jpg")
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main([*argv, "--groups", "2"])
+    assert exit_code.value.code == 2
+    assert "have a comma in their name" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_crossval_groups_scores_each_group_on_a_model_that_never_saw_its_sources(
+    tmp_path,
+    ray_local,  # noqa: F811
+    capsys,
+):
+    sizes = {"library": 4, "museum": 3, "parish": 2, "school": 2}
+    # library (4) -> 0; museum (3) -> 1; parish (2) -> 1 (5); school (2) -> 0 (6)
+    groups = {"group-0": ["library", "school"], "group-1": ["museum", "parish"]}
+    src = photo_folder(tmp_path / "photos", sizes)
+    out = tmp_path / "cv"
+    argv = ["crossval", str(src), str(out), "--groups", "2", "--arch", "small", "--steps", "2",
+            "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(argv)
+    assert exit_code.value.code == 0
+    result = json.loads((out / "crossval.json").read_text())
+    assert result["folds"] == 2 and result["fold_names"] == list(groups)
+    assert result["clean"]["rebalanced AuC - gray (points)"]["folds"] == 2
+    assert [g["sources"] for g in result["groups"]] == [
+        {name: sizes[name] for name in names} for names in groups.values()
+    ]
+    assert [g["photos"] for g in result["groups"]] == [6, 5]
+    assert not list(out.glob("fold-*"))
+    for group, names in groups.items():
+        held_out = sum(sizes[name] for name in names)
+        card = json.loads((out / group / "model.json").read_text())
+        assert card["training"]["hyperparameters"]["holdout"] == ",".join(names)
+        assert card["training"]["images"] == sum(sizes.values()) - held_out  # never saw them
+        for evaluation in ("evaluation", "evaluation-old-print"):
+            scored = json.loads((out / group / evaluation / "evaluation.json").read_text())
+            assert scored["images"] == held_out and scored["holdout"] == ",".join(names)
+    markdown = (out / "crossval.md").read_text()
+    assert "| group-0 | 6 | library (4), school (2) |" in markdown
+    assert "| group-1 | 5 | museum (3), parish (2) |" in markdown
+    assert "- group-1:" in markdown
+    # a re-run finds both groups evaluated: nothing is trained again, and it succeeds
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("group-*/model.safetensors")}
+    assert len(stamps) == 2
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(argv)
+    assert exit_code.value.code == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def _gray_scans(folder: Path, n: int) -> None:

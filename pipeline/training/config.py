@@ -56,6 +56,7 @@ class TrainConfig:
     encoder_lr_scale: float = 0.1  # lite*: their learning rate, relative to --lr
     ema_decay: float = 0.999  # moving average of the weights, shipped instead of the last ones
     degrade: float = 0.6  # share of crops whose L input is degraded as an old print
+    film: float = 0.0  # share of crops whose L input is a random film's gray (degrade.py)
     stamps: str = (
         ""  # folder or s3:// prefix of photographic cut-outs (pipeline/training/stamps.py)
     )
@@ -75,6 +76,10 @@ class TrainConfig:
     threads_per_worker: int = 1
     image_column: str = "image"
     id_column: str = "id"
+    # a model to fine-tune ("default", a path or s3://): its weights, architecture and prior
+    # replace ImageNet's/random ones and the data's prior (flows/train.py); "": none
+    init: str = ""
+    init_id: str = ""  # set by the run: that model's `<file name>@<sha256 prefix>`
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -125,6 +130,11 @@ class TrainConfig:
             raise ValueError("--paste needs --stamps DIR (make stamp-corpus builds one)")
         if not 0 <= self.degrade <= 1:
             raise ValueError(f"--degrade must be in [0, 1], got {self.degrade}")
+        if not 0 <= self.film <= 1:
+            raise ValueError(
+                f"--film must be in [0, 1] (the share of crops seen as a film's gray, 0: none), "
+                f"got {self.film}"
+            )
         for name in ("val_every", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
@@ -146,9 +156,9 @@ class TrainConfig:
 OPTIONS = (
     "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
     "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "weight_decay", "dropout",
-    "degrade", "stamps", "paste", "val_fraction", "fold", "holdout", "workers", "checkpoint_every",
-    "soft_k", "seed", "val_every", "val_max_photos", "patience", "loader_threads", "image_column",
-    "id_column",
+    "degrade", "film", "stamps", "paste", "val_fraction", "fold", "holdout", "workers",
+    "checkpoint_every", "soft_k", "seed", "val_every", "val_max_photos", "patience",
+    "loader_threads", "image_column", "id_column", "init",
 )  # fmt: skip
 SPLIT_OPTIONS = ("val_fraction", "fold", "holdout")  # which photos are held out: crossval's
 
@@ -173,6 +183,7 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
     "encoder_lr_scale": 0.1,
     "ema_decay": 0.0,  # d07c6f9: the last weights were shipped
     "degrade": 0.0,  # 084291c: clean inputs only
+    "film": 0.0,  # issue 29: every input L was Lab's
     "fold": 0,  # 084291c: the one split was fold 0's
     "stamps": "",  # 672bda9: no stamps pasted
     "paste": 0.0,
@@ -180,6 +191,8 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
     "val_max_photos": 64,  # (no validation: any value trained the same)
     "patience": 0,
     "holdout": "",  # 5ae6287: split by id hash only
+    "init": "",  # issue 29: every run started from ImageNet (lite*) or at random
+    "init_id": "",
     # "dropout": arch-dependent, see recorded_as_trained; "shuffle_blocks" (7a0bc99): the data
     # path before it had no shuffle window, no value of it trains the same: refused
 }
@@ -220,21 +233,24 @@ def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
 
 
 def check_holdout(holdout: str) -> None:
-    if "/" in holdout:
+    """One top folder, or several comma-separated (crossval --groups), none empty."""
+    if "/" in holdout or (holdout and "" in holdout.split(",")):
         raise ValueError(
-            f"--holdout names one top folder of the ids (e.g. mvtb-data), got {holdout!r}"
+            f"--holdout names one top folder of the ids (e.g. mvtb-data), or several "
+            f"comma-separated (e.g. mvtb-data,pygame), got {holdout!r}"
         )
 
 
 def check_holdout_matches(holdout: str, folders: list[str]) -> None:
-    """--holdout names a top folder the ids have: else the run would train on every photo
-    and hold out none."""
-    if holdout and holdout not in folders:
-        named = ", ".join(repr(f) for f in folders if f) or "none, every photo is at the top"
-        raise ValueError(
-            f"--holdout {holdout!r} matches no top folder of the ids (the folders: {named}): "
-            f"it would hold out no photo; name one of those folders"
-        )
+    """Each folder --holdout names is a top folder the ids have: else the run would train on
+    that source's photos and hold out none of them."""
+    for name in holdout.split(",") if holdout else []:
+        if name not in folders:
+            named = ", ".join(repr(f) for f in folders if f) or "none, every photo is at the top"
+            raise ValueError(
+                f"--holdout {name!r} matches no top folder of the ids (the folders: {named}): "
+                f"it would hold out no photo; name one of those folders"
+            )
 
 
 def check_fold(fold: int, val_fraction: float) -> None:

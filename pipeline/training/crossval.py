@@ -1,9 +1,10 @@
 """k-fold cross-validation figures: each fold's evaluation -> mean and spread over folds.
 
 A recipe is trained k times, each time holding out one fold of the corpus (by id hash, see
-`training.split_of`), and scored on that fold against the gray baseline. The figure that
-selects a recipe is the mean over folds of model - gray; its spread (the standard deviation
-over folds) says how much of a difference between two recipes is noise.
+`training.split_of`; or one source folder; or a group of them, `group_sources`), and scored
+on that fold against the gray baseline. The figure that selects a recipe is the mean over
+folds of model - gray; its spread (the standard deviation over folds) says how much of a
+difference between two recipes is noise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ FIGURES = (
     ("PSNR - gray (dB)", "psnr", 1.0),
     ("SSIM - gray", "ssim", 1.0),
 )
+
+
+def group_sources(sizes: dict[str, int], groups: int) -> list[list[str]]:
+    """Source folders ({name: photos}) in GROUPS folds of similar size, no source split, each
+    fold's names sorted. Deterministic: the largest source first (names ascending for equal
+    sizes), each to the fold with the fewest photos so far (the lowest index among equals)."""
+    folds: list[list[str]] = [[] for _ in range(groups)]
+    totals = [0] * groups
+    for name, n in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        k = min(range(groups), key=lambda i: (totals[i], i))
+        folds[k].append(name)
+        totals[k] += n
+    return [sorted(fold) for fold in folds]
 
 
 def fold_figures(evaluation: dict[str, Any]) -> dict[str, float]:
@@ -57,13 +71,18 @@ SELECTION_NOTE = [
 
 
 def crossval_markdown(result: dict[str, Any]) -> str:
+    groups = result.get("groups")
+    if groups:
+        kind = " (the source folders in groups of similar size, each group left out in turn)"
+    else:
+        kind = " (one per source folder, left out in turn)" if result.get("fold_names") else ""
     lines = [
-        f"# Cross-validation: {result['folds']} folds of `{result['source']}`"
-        + (" (one per source folder, left out in turn)" if result.get("fold_names") else ""),
+        f"# Cross-validation: {result['folds']} folds of `{result['source']}`{kind}",
         "",
         f"Recipe: `{result['recipe']}`",
         "",
         *(SELECTION_NOTE if result.get("selected_on_evaluated_photos") else []),
+        *(group_lines(groups) if groups else []),
         "| inputs | figure | mean | spread (sd over folds) | min | max |",
         "|---|---|---|---|---|---|",
     ]
@@ -79,6 +98,17 @@ def crossval_markdown(result: dict[str, Any]) -> str:
     for i, clean, old in zip(names, per_fold["clean"], per_fold["old_print"], strict=True):
         figures = ", ".join(f"{k.split(' (')[0]} {v:+.2f}" for k, v in clean.items())
         old_auc = old.get(FIGURES[0][0])
-        lines.append(f"- fold {i}: {figures}; old print rebalanced AuC - gray "
+        label = i if groups else f"fold {i}"  # a group's name says what it is: group-K
+        lines.append(f"- {label}: {figures}; old print rebalanced AuC - gray "
                      f"{'n/a' if old_auc is None else f'{old_auc:+.2f}'}")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def group_lines(groups: list[dict[str, Any]]) -> list[str]:
+    """The groups' table: each fold's photos and its sources (photos each, largest first)."""
+    lines = ["| fold | photos | sources held out (photos) |", "|---|---|---|"]
+    for group in groups:
+        sources = sorted(group["sources"].items(), key=lambda item: (-item[1], item[0]))
+        named = ", ".join(f"{name} ({n})" for name, n in sources)
+        lines.append(f"| {group['name']} | {group['photos']} | {named} |")
+    return [*lines, ""]

@@ -24,7 +24,7 @@ from pipeline.colorize.predict import finish, predict_low
 from pipeline.colorize.previews import gray_and_colour, sample_pair, sample_strip
 from pipeline.colorize.worker import resolve_model
 from pipeline.imaging.color import lab_to_rgb
-from pipeline.imaging.degrade import OLD_PRINT, degrade_lightness
+from pipeline.imaging.degrade import FILMS, OLD_PRINT, degrade_lightness, film_lightness
 from pipeline.imaging.images import Decoded, decode_image
 from pipeline.imaging.metrics import auc_by_true_bin, image_metrics, set_rebalanced_auc
 from pipeline.review.artifact import artifact_markdown
@@ -39,6 +39,13 @@ def gray_baseline(lightness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ab = np.zeros((2, *lightness.shape), dtype=np.float32)
     lab = torch.from_numpy(np.concatenate([lightness[None], ab]))
     return lab_to_rgb(lab).permute(1, 2, 0).numpy(), ab
+
+
+def film_version(decoded: Decoded, film: str) -> Decoded:
+    """The photo as shot on `film` (one of `FILMS`): its L is that film's gray of the photo's
+    colours; its colours (rgb, ab), the truth it is scored against, stay."""
+    assert decoded.rgb is not None  # a colour photo
+    return dataclasses.replace(decoded, lightness=film_lightness(decoded.rgb, FILMS[film]))
 
 
 def old_print_version(decoded: Decoded, row_id: str) -> Decoded:
@@ -57,6 +64,7 @@ def evaluate_shard(
     fold: int = 0,
     holdout: str = "",
     degrade: bool = False,
+    film: str | None = None,
     columns: ColumnNames | None = None,
     temperature: float | None = None,
     flip_average: bool | None = None,
@@ -73,7 +81,13 @@ def evaluate_shard(
     images), "bin_centers": their bins}.
 
     With `degrade`, both see the old-print version of each photo's L (`OLD_PRINT`, seeded by
-    its id) and are scored against its clean colours."""
+    its id) and are scored against its clean colours. With `film` (a name of `FILMS`), both
+    see that film's gray of each photo instead of its Lab L (then, with `degrade`, damaged as
+    an old print); the model's output keeps that L, as colorize keeps a scan's own, so the
+    metrics on RGB (PSNR, SSIM, colourfulness) see the film's tonality too, those on ab (the
+    AuCs) only the colours."""
+    if film is not None and film not in FILMS:
+        raise ValueError(f"film must be one of {', '.join(FILMS)}, got {film!r}")
     storage.configure(s3_endpoint_url)
     with resolve_model(model) as path:  # an S3 model's copy goes with the block
         colorizer = models.load(path)
@@ -101,10 +115,10 @@ def evaluate_shard(
                 skipped["unreadable"] += 1
             elif decoded.rgb is None:
                 skipped["gray_input"] += 1
-            elif degrade:
-                kept.append(old_print_version(decoded, row_id))
             else:
-                kept.append(decoded)
+                if film is not None:  # the film's gray first, then the old print's damage
+                    decoded = film_version(decoded, film)
+                kept.append(old_print_version(decoded, row_id) if degrade else decoded)
         if not kept:
             continue
         ab_low, uncertainty = predict_low(colorizer, [d.lightness for d in kept], temperature)
@@ -196,6 +210,8 @@ def evaluation_markdown(evaluation: dict[str, Any], model: str, source: str, spl
         f"Source `{source}`, split `{split}`: {evaluation['images']} colour photos "
         f"(skipped: {evaluation['skipped']}).",
         "",
+        f"Inputs: {_inputs(evaluation)}.",
+        "",
         "| metric | model | gray baseline | model - gray |",
         "|---|---|---|---|",
     ]
@@ -209,6 +225,21 @@ def evaluation_markdown(evaluation: dict[str, Any], model: str, source: str, spl
                       f"{doubt['images']} images: **{doubt['spearman']:.2f}**"]  # fmt: skip
     lines += ["", "![samples](contact_sheet.png)", ""]
     return "\n".join(lines)
+
+
+def _inputs(evaluation: dict[str, Any]) -> str:
+    """What the model and the gray baseline saw as L, in words."""
+    film = evaluation.get("film")
+    if film is None:
+        seen = "Lab's L of each photo"
+    else:
+        weights = ", ".join(f"{w:.3f}" for w in FILMS[film])
+        seen = (
+            f"film: {film}, the gray of each photo as shot on it (linear-sRGB weights {weights}); "
+            "the outputs keep that L, so PSNR, SSIM and colourfulness count its difference "
+            "from the truth's L, the AuCs compare ab only"
+        )
+    return seen + (", then degraded as an old print" if evaluation.get("degrade") else "")
 
 
 def _fmt(value: float | None) -> str:

@@ -18,7 +18,9 @@ evaluations without gain stop the run early.
 A `lite*` net starts from ImageNet: its encoder is frozen except for the top
 `trainable_stages`, which learn at `encoder_lr_scale` times the rate from step `unfreeze_at`
 on (their BatchNorm keeps its ImageNet statistics; see models/nets.py). An exponential moving
-average of the weights (`ema_decay`) is what the run ships.
+average of the weights (`ema_decay`) is what the run ships. A fine-tune (`init`) starts from
+another model's whole net instead (no ImageNet weights loaded over it), with the same rule for
+what trains; it is a fresh run's start only, a resumed run takes everything from its checkpoint.
 
 On CUDA the step runs the network under bf16 autocast in channels-last layout (the loss in
 fp32: soft-encoding on the device), fed by pinned, non-blocking copies; a CPU runs fp32 as
@@ -181,10 +183,16 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig, st
         group["lr"] = learning_rate(config, step) * scale
 
 
-def init_net(colorizer: models.Colorizer, config: TrainConfig) -> None:
-    """Before the first step: ImageNet weights in a pretrained encoder, and what trains."""
+def init_net(
+    colorizer: models.Colorizer, config: TrainConfig, init: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Before the first step: the weights it starts from (INIT, a fine-tuned model's whole
+    net; else ImageNet's in a pretrained encoder), and what trains."""
+    if init is not None:
+        colorizer.net.load_state_dict(init)
     if isinstance(colorizer.net, LiteColorNet):
-        colorizer.net.encoder.load_state_dict(imagenet_state(colorizer.net.encoder.variant))
+        if init is None:
+            colorizer.net.encoder.load_state_dict(imagenet_state(colorizer.net.encoder.variant))
         colorizer.net.set_trainable_stages(config.trainable_stages)
         colorizer.net.set_dropout(config.dropout or 0.0)
 
@@ -268,13 +276,17 @@ class Trainee:
     weights: torch.Tensor
 
 
-def build_trainee(config: TrainConfig, prior: torch.Tensor, device: torch.device) -> Trainee:
-    """The network as a new run starts it (seeded), on the device, wrapped for DDP."""
+def build_trainee(
+    config: TrainConfig, prior: torch.Tensor, device: torch.device,
+    init: dict[str, torch.Tensor] | None = None,
+) -> Trainee:  # fmt: skip
+    """The network as a new run starts it (seeded; from INIT's weights when fine-tuning), on
+    the device, wrapped for DDP. A resumed run then loads its checkpoint over all of it."""
     import ray.train.torch
 
     torch.manual_seed(config.seed)
     colorizer = models.build(config.arch, prior=prior)
-    init_net(colorizer, config)
+    init_net(colorizer, config, init)
     colorizer.to(device)
     if device.type == "cuda":
         colorizer.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -320,7 +332,9 @@ def restore(
     world: int,
 ) -> tuple[RunState, Position]:  # fmt: skip
     """OUT's latest checkpoint into the trainee: the run's state and this rank's data position
-    (a new run: step 0 at the stream's start)."""
+    (a new run: step 0 at the stream's start). Everything the checkpoint holds replaces what
+    `build_trainee` started with (the net, a fine-tune's init included; the optimizer; the
+    moving average)."""
     latest = latest_checkpoint(out)
     if latest is None:
         return RunState(), Position()
@@ -436,7 +450,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stamps = load_stamps(config.stamps) if config.paste else None
     prior = torch.tensor(loop_config["prior"], dtype=torch.float32)
     device = ray.train.torch.get_device()
-    trainee = build_trainee(config, prior, device)
+    trainee = build_trainee(config, prior, device, loop_config.get("init"))
     run, position = restore(out, trainee, record, device, rank, world)
     if run.stopped:
         return
@@ -490,9 +504,12 @@ def _validation_point(
 
 
 def fit(prepared: Prepared, out: str, config: TrainConfig, prior: torch.Tensor,
-        s3_endpoint_url: str | None, scratch: str) -> None:  # fmt: skip
+        s3_endpoint_url: str | None, scratch: str,
+        init: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
     """Run the Ray Train loop on `config.workers` workers (a GPU each when the cluster has
-    enough, else CPU threads), resuming from the latest checkpoint under `out`."""
+    enough, else CPU threads), resuming from the latest checkpoint under `out`. INIT: the net's
+    weights a fine-tune starts from (`config.init`'s; sent to the workers, which may not see
+    the file)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -513,6 +530,7 @@ def fit(prepared: Prepared, out: str, config: TrainConfig, prior: torch.Tensor,
             "s3_endpoint_url": s3_endpoint_url,
             "train_blocks": [asdict(b) for b in prepared.blocks["train"]],
             "val_blocks": [asdict(b) for b in prepared.blocks["val"]],
+            "init": init,
         },
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=use_gpu, resources_per_worker=per_worker

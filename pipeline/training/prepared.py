@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,10 +86,11 @@ def split_of(row_id: str, val_fraction: float, fold: int = 0, holdout: str = "")
 
     Fold f holds out the ids hashed into [f * val_fraction, (f + 1) * val_fraction): with
     val_fraction 1/k, folds 0..k-1 partition the corpus (k-fold cross-validation). With
-    `holdout`, the ids under that top folder are held out instead (a packed folder's ids are
-    paths): photos from a source the model never saw, as an archive's own photos are."""
+    `holdout`, the ids under that top folder (or under any of several, comma-separated) are
+    held out instead (a packed folder's ids are paths): photos from sources the model never
+    saw, as an archive's own photos are."""
     if holdout:
-        return "val" if top_folder(row_id) == holdout else "train"
+        return "val" if top_folder(row_id) in holdout.split(",") else "train"
     h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big") / 2.0**64
     return "val" if fold * val_fraction <= h < (fold + 1) * val_fraction else "train"
 
@@ -101,13 +103,18 @@ def top_folder(row_id: str) -> str:
 
 def source_folders(archive: str, id_column: str = "id") -> list[str]:
     """The top folders of an archive's ids, sorted: the folds of a leave-one-source-out run."""
-    folders: set[str] = set()
+    return sorted(source_sizes(archive, id_column))
+
+
+def source_sizes(archive: str, id_column: str = "id") -> dict[str, int]:
+    """{top folder: its ids} of an archive, by folder name."""
+    folders: Counter[str] = Counter()
     for uri in storage.list_files(archive):
         if uri.endswith(".parquet"):
             fs, path = storage.arrow_fs(uri)
             ids = pq.read_table(path, columns=[id_column], filesystem=fs).column(id_column)
             folders.update(top_folder(str(i)) for i in ids.to_pylist())
-    return sorted(folders)
+    return dict(sorted(folders.items()))
 
 
 def prepare_photo_why(data: bytes, size: int) -> tuple[np.ndarray | None, str]:

@@ -10,6 +10,9 @@ window, shuffles it the same way and skips `offset` photos. Each photo's random 
 pasted stamp come from a generator seeded by its position, so a resumed run draws exactly the
 crops of the uninterrupted one.
 
+A `film` share of the inputs is a random film's gray instead of Lab's L, and a `degrade` share
+(of all of them) is then damaged as an old print, each seeded by (seed, step, rank).
+
 `Loader` runs decoding, cropping, the Lab conversion and the targets in a background thread
 (optionally a pool of them), a bounded number of batches ahead of the step. A worker holds
 one window and a few batches: its memory does not depend on the corpus size.
@@ -30,7 +33,12 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from pipeline.imaging.degrade import degrade_lightness, random_old_print
+from pipeline.imaging.degrade import (
+    degrade_lightness,
+    film_lightness,
+    random_film,
+    random_old_print,
+)
 from pipeline.training.config import TrainConfig
 from pipeline.training.prepared import Block, ab_targets, decode_square, read_block
 from pipeline.training.stamps import paste_stamp
@@ -145,6 +153,23 @@ def crop_of(
                      stamps)  # fmt: skip
 
 
+def film_input(
+    lightness: torch.Tensor, crops: np.ndarray, config: TrainConfig, step: int, rank: int
+) -> torch.Tensor:
+    """L (N, 1, S, S) of the RGB `crops` (N, S, S, 3) uint8 with a `config.film` share of its
+    images replaced by the gray of a random film response (`random_film`: ortho, pan, pan
+    behind a filter; deterministic in (seed, step, rank), from a generator of its own so that
+    the old-print draws do not move); the target keeps the true ab."""
+    if config.film <= 0:
+        return lightness
+    rng = np.random.default_rng([config.seed, step, rank, 4])
+    out = lightness.detach().cpu().numpy().copy()
+    for i in range(len(out)):
+        if rng.random() < config.film:
+            out[i, 0] = film_lightness(crops[i], random_film(rng))
+    return torch.from_numpy(out).to(lightness.device)
+
+
 def degraded_input(
     lightness: torch.Tensor, config: TrainConfig, step: int, rank: int
 ) -> torch.Tensor:
@@ -163,7 +188,7 @@ def degraded_input(
 @dataclass
 class Batch:
     step: int
-    lightness: torch.Tensor  # (N, 1, S, S): the network's input, degraded where asked
+    lightness: torch.Tensor  # (N, 1, S, S): the network's input (film, old print where asked)
     ab: torch.Tensor  # (N, 2, S/4, S/4): the targets' ab
     position: Position  # the stream's position after this batch
 
@@ -179,7 +204,9 @@ def make_batch(
 ) -> Batch:
     work = lambda s: crop_of(s, config, stamps)  # noqa: E731
     crops = list(pool.map(work, taken)) if pool is not None else [work(s) for s in taken]
-    lightness, ab = ab_targets(torch.from_numpy(np.stack(crops)))
+    rgb = np.stack(crops)
+    lightness, ab = ab_targets(torch.from_numpy(rgb))
+    lightness = film_input(lightness, rgb, config, step, rank)  # film first, then old prints
     lightness = degraded_input(lightness, config, step, rank)
     if pin:  # page-locked, for non-blocking copies to the GPU
         lightness, ab = lightness.pin_memory(), ab.pin_memory()
