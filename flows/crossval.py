@@ -36,7 +36,14 @@ from flows.train import (
 )
 from pipeline.archive import storage
 from pipeline.training.config import SPLIT_OPTIONS, TrainConfig
-from pipeline.training.crossval import crossval_markdown, fold_figures, group_sources, summarise
+from pipeline.training.crossval import (
+    COLOUR_FLOOR,
+    choose_temperature,
+    crossval_markdown,
+    fold_figures,
+    group_sources,
+    summarise,
+)
 from pipeline.training.prepared import source_sizes, top_folder
 
 FINAL_SPLIT: dict[str, Any] = {"val_fraction": 0.0, "fold": 0}  # every photo trains
@@ -55,9 +62,15 @@ class Fold:
 
 def check_request(
     recipe: dict[str, Any], folds: int, final: bool, by_folder: bool = False,
-    groups: int | None = None,
+    groups: int | None = None, temperatures: list[float] | None = None,
 ) -> None:  # fmt: skip
     """The options crossval itself owns, checked before anything runs."""
+    bad = [t for t in temperatures or [] if not 0 < t <= 2]
+    if bad:
+        raise ConfigError(
+            f"--temperatures must be decoding temperatures in (0, 2] (the paper's is 0.38; "
+            f"lower paints more colour), got {bad}"
+        )
     if not 2 <= folds <= 20:
         raise ConfigError(f"--folds must be in 2..20, got {folds}")
     if groups is not None:
@@ -154,6 +167,7 @@ def cross_validate(
     final: bool = False,
     by_folder: bool = False,
     groups: int | None = None,
+    temperatures: list[float] | None = None,
 ) -> dict[str, Any]:
     """Train RECIPE (`train_model` options) FOLDS times on SOURCE, each time holding out one
     fold, and score each model on its fold, clean and as old prints. With FINAL, then train
@@ -161,9 +175,11 @@ def cross_validate(
     the model to ship. BY_FOLDER: one fold per top folder of the ids instead (OUT/fold-NAME),
     each model scored on a source it never saw: the figure for an archive's own photos.
     GROUPS: the top folders in GROUPS folds of similar size instead (OUT/group-K), no source
-    split: each model scored on sources it never saw, fewer and steadier folds."""
+    split: each model scored on sources it never saw, fewer and steadier folds. TEMPERATURES:
+    each fold model is also scored at these decoding temperatures, and the one to ship chosen
+    by the folds (`choose_temperature`): the final model's card carries it."""
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}  # None: the default
-    check_request(recipe, folds, final, by_folder, groups)
+    check_request(recipe, folds, final, by_folder, groups, temperatures)
     storage.configure(s3_endpoint_url)
     uris = check_inputs(source, train_config(recipe))
     splits = fold_splits(source, uris, train_config(recipe), folds, by_folder, groups)
@@ -175,7 +191,7 @@ def cross_validate(
     logger = get_run_logger()
     archive, _ = packed_source(source, out, uris)
     where: dict[str, Any] = {"ray_address": ray_address, "s3_endpoint_url": s3_endpoint_url}
-    clean, old_print = [], []
+    clean, old_print, own_temperatures = [], [], set()
     for fold in splits:
         fold_out = storage.join(out, fold.folder)
         evaluation, degraded = evaluate_fold(
@@ -183,6 +199,8 @@ def cross_validate(
         )
         clean.append(fold_figures(evaluation))
         old_print.append(fold_figures(degraded))
+        # an evaluation older than its temperature record decoded at the only one of its time
+        own_temperatures.add(evaluation.get("temperature", models.DEFAULT_TEMPERATURE))
         logger.info("fold %s (%d of %d): %s", fold.name, len(clean), len(splits), clean[-1])
     result = {
         "source": source,
@@ -196,6 +214,17 @@ def cross_validate(
         "old_print": summarise(old_print),
         "per_fold": {"clean": clean, "old_print": old_print},
     }
+    if temperatures:
+        result["decoding"] = choose_decoding(
+            archive,
+            out,
+            splits,
+            runs,
+            temperatures,
+            clean,
+            own_temperature(own_temperatures),
+            where,
+        )
     markdown = crossval_markdown(result)
     storage.write_bytes(storage.join(out, "crossval.json"), json.dumps(result, indent=2).encode())
     storage.write_bytes(storage.join(out, "crossval.md"), markdown.encode())
@@ -218,17 +247,73 @@ def evaluate_fold(
         train_model(source=archive, out=fold_out, show_progress=show_progress, **options,
                     **where)  # fmt: skip
         evaluation = storage.read_json(evaluation_uri)
-    degraded_out = storage.join(fold_out, "evaluation-old-print")
-    degraded = storage.read_json(storage.join(degraded_out, "evaluation.json"))
-    if degraded is None:  # the photos the fold held out, by the recipe's columns
-        degraded = evaluate_model(
-            source=archive, model=storage.join(fold_out, "model.safetensors"),
-            out=degraded_out, split="val", degrade=True, val_fraction=config.val_fraction,
-            fold=config.fold, holdout=config.holdout, image_column=config.image_column,
-            id_column=config.id_column, **where,
-        )  # fmt: skip
+    degraded = held_out_evaluation(archive, fold_out, config, where, degrade=True)
     assert evaluation is not None and degraded is not None
     return evaluation, degraded
+
+
+def own_temperature(found: set[float]) -> float:
+    """The fold models' own decoding temperature: one for all (one recipe, one init)."""
+    if len(found) != 1:
+        raise ConfigError(f"the fold models decode at different temperatures {sorted(found)}")
+    return found.pop()
+
+
+def held_out_evaluation(
+    archive: str, fold_out: str, config: TrainConfig, where: dict[str, Any],
+    degrade: bool = False, temperature: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The fold model's evaluation on the photos its fold held out (by the recipe's columns),
+    as old prints with DEGRADE, decoded at TEMPERATURE (None: the model's own), in
+    FOLD_OUT/evaluation[-old-print][-T<t>]/: made unless already there."""
+    name = "evaluation" + ("-old-print" if degrade else "")
+    name += "" if temperature is None else f"-T{temperature:g}"
+    out = storage.join(fold_out, name)
+    found = storage.read_json(storage.join(out, "evaluation.json"))
+    if found is not None:
+        return found
+    return evaluate_model(
+        source=archive, model=storage.join(fold_out, "model.safetensors"), out=out,
+        split="val", degrade=degrade, temperature=temperature, val_fraction=config.val_fraction,
+        fold=config.fold, holdout=config.holdout, image_column=config.image_column,
+        id_column=config.id_column, **where,
+    )  # fmt: skip
+
+
+def choose_decoding(
+    archive: str, out: str, splits: list[Fold], runs: dict[str, TrainConfig],
+    temperatures: list[float], clean_folds: list[dict[str, float]], own_temperature: float,
+    where: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Every fold model scored on its held-out photos at each of TEMPERATURES (clean; at the
+    models' own OWN_TEMPERATURE, CLEAN_FOLDS: the folds' figures already made), the
+    temperature to ship chosen from them (`choose_temperature`), and the old prints' figures
+    at that temperature."""
+    fold_outs = [storage.join(out, fold.folder) for fold in splits]
+    per_fold = {own_temperature: clean_folds}
+    for t in temperatures:
+        if t != own_temperature:
+            per_fold[t] = [
+                fold_figures(held_out_evaluation(archive, f, runs[f], where, temperature=t))
+                for f in fold_outs
+            ]
+    candidates = {t: summarise(figures) for t, figures in sorted(per_fold.items())}
+    chosen = choose_temperature(candidates)
+    old_print = summarise([
+        fold_figures(held_out_evaluation(
+            archive, f, runs[f], where, degrade=True,
+            temperature=None if chosen == own_temperature else chosen,
+        ))
+        for f in fold_outs
+    ])  # fmt: skip
+    return {
+        "temperature": chosen,
+        "rule": f"the highest whose mean colourfulness over the folds reaches {COLOUR_FLOOR:g} % "
+        f"of the truth's, else the most colourful",
+        "candidates": {f"{t:g}": summary for t, summary in candidates.items()},
+        "per_fold": {f"{t:g}": figures for t, figures in sorted(per_fold.items())},
+        "old_print": old_print,
+    }
 
 
 def train_final(
@@ -246,6 +331,9 @@ def train_final(
         colorizer = models.load(local)
         colorizer.card["metrics"] = None  # no held-out photos: the folds' figures stand for it
         colorizer.card["crossval"] = {k: result[k] for k in ("folds", "clean", "old_print")}
+        if result.get("decoding"):  # the temperature the folds chose is the one it decodes at
+            colorizer.temperature = result["decoding"]["temperature"]
+            colorizer.card["crossval"]["decoding"] = result["decoding"]
         models.save(colorizer, local)
         storage.put_file(local, uri)
         storage.put_file(local.with_suffix(".json"), storage.join(out, "model.json"))

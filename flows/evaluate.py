@@ -125,8 +125,7 @@ def evaluate_model(
     )
     evaluation.update(
         split=split, val_fraction=val_fraction, fold=fold, holdout=holdout, degrade=degrade,
-        film=film, source=source,
-        model=model, flip_average=flip_average,
+        film=film, source=source, model=model, flip_average=flip_average,
     )  # fmt: skip
     markdown = evaluation_markdown(evaluation, model, source, split)
     writer: Any = ray.remote(num_cpus=0)(write_evaluation)  # samples stay out of the flow

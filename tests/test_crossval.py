@@ -16,7 +16,13 @@ from pipeline.archive.pack import pack_images
 from pipeline.imaging.color import rgb_to_lab
 from pipeline.imaging.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
 from pipeline.training.config import TrainConfig, check_fold, check_holdout_matches
-from pipeline.training.crossval import crossval_markdown, fold_figures, group_sources, summarise
+from pipeline.training.crossval import (
+    choose_temperature,
+    crossval_markdown,
+    fold_figures,
+    group_sources,
+    summarise,
+)
 from pipeline.training.prepared import split_of, top_folder
 from pipeline.training.stream import degraded_input
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
@@ -277,6 +283,34 @@ def test_summary_is_the_mean_and_sample_spread_over_folds():
     assert "flatter" in crossval_markdown({**result, "selected_on_evaluated_photos": True})
 
 
+def _colour(percent: float) -> dict:
+    return {"colourfulness (% of the truth)": {"mean": percent, "std": 1.0}}
+
+
+def test_the_temperature_chosen_is_the_highest_that_paints_enough_colour():
+    # colder decoding paints more colour: the highest T reaching 80 % keeps the most raw AuC
+    candidates = {0.38: _colour(72.0), 0.34: _colour(79.9), 0.3: _colour(84.0), 0.26: _colour(90.0)}
+    assert choose_temperature(candidates) == 0.3
+    assert choose_temperature(candidates, floor=70.0) == 0.38
+    # none reaches the floor: the most colourful one
+    assert choose_temperature({0.38: _colour(60.0), 0.3: _colour(66.0)}) == 0.3
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_temperature({})
+
+
+def test_crossval_refuses_temperatures_it_cannot_decode_at_before_anything_is_written(
+    tmp_path, capsys
+):
+    src = photo_folder(tmp_path / "photos", {"a": 2, "b": 2})
+    out = tmp_path / "cv"
+    for bad, says in (("0,0.3", "in (0, 2]"), ("0.3;0.2", "separated by commas")):
+        with pytest.raises(SystemExit) as exit_code:
+            cli.main(["crossval", str(src), str(out), "--temperatures", bad])
+        assert exit_code.value.code == 2
+        assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, capsys):  # noqa: F811
     # custom column names: every step (training, both evaluations, the final model) must
@@ -287,7 +321,7 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, 
     argv = ["crossval", str(src), str(out), "--folds", "2", "--arch", "small", "--steps", "2",
             "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2",
             "--image-column", "jpeg", "--id-column", "photo_id",
-            "--degrade", "0.5", "--final"]  # fmt: skip
+            "--degrade", "0.5", "--temperatures", "0.2", "--final"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_code:
         cli.main(argv)
     assert exit_code.value.code == 0
@@ -322,6 +356,22 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, 
     assert final["training"]["images"] == 12 and final["metrics"] is None
     assert final["training"]["hyperparameters"]["val_fraction"] == 0.0
     assert final["crossval"]["clean"] == result["clean"] and final["crossval"]["folds"] == 2
+    # --temperatures: every fold scored at 0.2 too, on the same held-out photos; the final
+    # model decodes at the temperature the folds chose, its card says how it was chosen
+    decoding = result["decoding"]
+    assert set(decoding["candidates"]) == {"0.2", "0.38"}
+    assert decoding["candidates"]["0.38"] == result["clean"]
+    for fold in range(2):
+        at = json.loads((out / f"fold-{fold}/evaluation-T0.2/evaluation.json").read_text())
+        clean = json.loads((out / f"fold-{fold}/evaluation/evaluation.json").read_text())
+        assert at["temperature"] == 0.2 and at["images"] == clean["images"]
+    assert [fold_figures(json.loads((out / f"fold-{k}/evaluation-T0.2/evaluation.json")
+            .read_text())) for k in range(2)] == decoding["per_fold"]["0.2"]  # fmt: skip
+    chosen = choose_temperature({float(t): s for t, s in decoding["candidates"].items()})
+    assert decoding["temperature"] == chosen
+    assert final["config"]["temperature"] == chosen
+    assert final["crossval"]["decoding"] == decoding
+    assert "Decoding temperature, chosen by the folds" in (out / "crossval.md").read_text()
     # a re-run finds both folds evaluated: nothing is trained again, and it succeeds
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold-*/model.safetensors")}
     with pytest.raises(SystemExit) as exit_code:

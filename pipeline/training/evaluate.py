@@ -78,7 +78,8 @@ def evaluate_shard(
     `shard`: {"shard", "model": ShardStats JSON, "gray": ShardStats JSON, "skipped": {...},
     "uncertainty_error": [(uncertainty, mean ab error)] per image, "auc_bin_sums": {"model",
     "gray"}: `auc_by_true_bin` summed over the shard's images ((2, Q), whatever the number of
-    images), "bin_centers": their bins}.
+    images), "bin_centers": their bins, "temperature": the decoding's (the model's own unless
+    `temperature`)}.
 
     With `degrade`, both see the old-print version of each photo's L (`OLD_PRINT`, seeded by
     its id) and are scored against its clean colours. With `film` (a name of `FILMS`), both
@@ -153,6 +154,7 @@ def evaluate_shard(
         "uncertainty_error": doubt,
         "auc_bin_sums": bin_sums,
         "bin_centers": colorizer.centers.tolist(),
+        "temperature": colorizer.temperature if temperature is None else temperature,
     }
 
 
@@ -188,7 +190,8 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
         }
     pairs = [pair for part in parts for pair in part.get("uncertainty_error", [])]
     return {"images": images, "skipped": skipped, "metrics": metrics,
-            "uncertainty": uncertainty_vs_error(pairs)}  # fmt: skip
+            "uncertainty": uncertainty_vs_error(pairs),
+            "temperature": parts[0]["temperature"] if parts else None}  # fmt: skip
 
 
 def uncertainty_vs_error(pairs: list[tuple[float, float]]) -> dict[str, float | None]:
