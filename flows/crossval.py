@@ -38,7 +38,8 @@ from pipeline.archive import storage
 from pipeline.training.config import SPLIT_OPTIONS, TrainConfig
 from pipeline.training.crossval import (
     COLOUR_FLOOR,
-    choose_temperature,
+    Decoding,
+    choose_decoding,
     crossval_markdown,
     fold_figures,
     group_sources,
@@ -62,15 +63,17 @@ class Fold:
 
 def check_request(
     recipe: dict[str, Any], folds: int, final: bool, by_folder: bool = False,
-    groups: int | None = None, temperatures: list[float] | None = None,
+    groups: int | None = None, decodings: list[str] | None = None,
 ) -> None:  # fmt: skip
     """The options crossval itself owns, checked before anything runs."""
-    bad = [t for t in temperatures or [] if not 0 < t <= 2]
-    if bad:
-        raise ConfigError(
-            f"--temperatures must be decoding temperatures in (0, 2] (the paper's is 0.38; "
-            f"lower paints more colour), got {bad}"
-        )
+    for text in decodings or []:
+        try:
+            Decoding.parse(text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--decodings takes temperatures, each with an optional chroma gain after an "
+                f"x, separated by commas (e.g. 0.26,0.18,0.26x1.15): {exc}"
+            ) from None
     if not 2 <= folds <= 20:
         raise ConfigError(f"--folds must be in 2..20, got {folds}")
     if groups is not None:
@@ -167,7 +170,7 @@ def cross_validate(
     final: bool = False,
     by_folder: bool = False,
     groups: int | None = None,
-    temperatures: list[float] | None = None,
+    decodings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train RECIPE (`train_model` options) FOLDS times on SOURCE, each time holding out one
     fold, and score each model on its fold, clean and as old prints. With FINAL, then train
@@ -175,11 +178,12 @@ def cross_validate(
     the model to ship. BY_FOLDER: one fold per top folder of the ids instead (OUT/fold-NAME),
     each model scored on a source it never saw: the figure for an archive's own photos.
     GROUPS: the top folders in GROUPS folds of similar size instead (OUT/group-K), no source
-    split: each model scored on sources it never saw, fewer and steadier folds. TEMPERATURES:
-    each fold model is also scored at these decoding temperatures, and the one to ship chosen
-    by the folds (`choose_temperature`): the final model's card carries it."""
+    split: each model scored on sources it never saw, fewer and steadier folds. DECODINGS
+    (`Decoding` texts: temperature[xchroma gain]): each fold model is also scored decoded so,
+    and the decoding to ship chosen by the folds (`choose_decoding`): the final model decodes
+    so, its card says why."""
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}  # None: the default
-    check_request(recipe, folds, final, by_folder, groups, temperatures)
+    check_request(recipe, folds, final, by_folder, groups, decodings)
     storage.configure(s3_endpoint_url)
     uris = check_inputs(source, train_config(recipe))
     splits = fold_splits(source, uris, train_config(recipe), folds, by_folder, groups)
@@ -191,7 +195,7 @@ def cross_validate(
     logger = get_run_logger()
     archive, _ = packed_source(source, out, uris)
     where: dict[str, Any] = {"ray_address": ray_address, "s3_endpoint_url": s3_endpoint_url}
-    clean, old_print, own_temperatures = [], [], set()
+    clean, old_print, own_decodings = [], [], set()
     for fold in splits:
         fold_out = storage.join(out, fold.folder)
         evaluation, degraded = evaluate_fold(
@@ -199,8 +203,9 @@ def cross_validate(
         )
         clean.append(fold_figures(evaluation))
         old_print.append(fold_figures(degraded))
-        # an evaluation older than its temperature record decoded at the only one of its time
-        own_temperatures.add(evaluation.get("temperature", models.DEFAULT_TEMPERATURE))
+        # an evaluation older than its decoding's record decoded as the only one of its time
+        own_decodings.add(Decoding(evaluation.get("temperature", models.DEFAULT_TEMPERATURE),
+                                   evaluation.get("chroma_gain", 1.0)))  # fmt: skip
         logger.info("fold %s (%d of %d): %s", fold.name, len(clean), len(splits), clean[-1])
     result = {
         "source": source,
@@ -214,17 +219,11 @@ def cross_validate(
         "old_print": summarise(old_print),
         "per_fold": {"clean": clean, "old_print": old_print},
     }
-    if temperatures:
-        result["decoding"] = choose_decoding(
-            archive,
-            out,
-            splits,
-            runs,
-            temperatures,
-            clean,
-            own_temperature(own_temperatures),
-            where,
-        )
+    if decodings:
+        result["decoding"] = decoding_by_folds(
+            archive, out, splits, runs, [Decoding.parse(d) for d in decodings], clean,
+            own_decoding(own_decodings), where,
+        )  # fmt: skip
     markdown = crossval_markdown(result)
     storage.write_bytes(storage.join(out, "crossval.json"), json.dumps(result, indent=2).encode())
     storage.write_bytes(storage.join(out, "crossval.md"), markdown.encode())
@@ -252,66 +251,68 @@ def evaluate_fold(
     return evaluation, degraded
 
 
-def own_temperature(found: set[float]) -> float:
-    """The fold models' own decoding temperature: one for all (one recipe, one init)."""
+def own_decoding(found: set[Decoding]) -> Decoding:
+    """The fold models' own decoding: one for all (one recipe, one init)."""
     if len(found) != 1:
-        raise ConfigError(f"the fold models decode at different temperatures {sorted(found)}")
+        raise ConfigError(f"the fold models decode in different ways: {sorted(found)}")
     return found.pop()
 
 
 def held_out_evaluation(
     archive: str, fold_out: str, config: TrainConfig, where: dict[str, Any],
-    degrade: bool = False, temperature: float | None = None,
+    degrade: bool = False, decoding: Decoding | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The fold model's evaluation on the photos its fold held out (by the recipe's columns),
-    as old prints with DEGRADE, decoded at TEMPERATURE (None: the model's own), in
-    FOLD_OUT/evaluation[-old-print][-T<t>]/: made unless already there."""
+    as old prints with DEGRADE, decoded so (None: the model's own way), in
+    FOLD_OUT/evaluation[-old-print][-T<t>[-G<gain>]]/: made unless already there."""
     name = "evaluation" + ("-old-print" if degrade else "")
-    name += "" if temperature is None else f"-T{temperature:g}"
+    if decoding is not None:
+        name += f"-T{decoding.temperature:g}"
+        name += "" if decoding.chroma_gain == 1.0 else f"-G{decoding.chroma_gain:g}"
     out = storage.join(fold_out, name)
     found = storage.read_json(storage.join(out, "evaluation.json"))
     if found is not None:
         return found
     return evaluate_model(
         source=archive, model=storage.join(fold_out, "model.safetensors"), out=out,
-        split="val", degrade=degrade, temperature=temperature, val_fraction=config.val_fraction,
-        fold=config.fold, holdout=config.holdout, image_column=config.image_column,
-        id_column=config.id_column, **where,
+        split="val", degrade=degrade, val_fraction=config.val_fraction, fold=config.fold,
+        holdout=config.holdout, image_column=config.image_column, id_column=config.id_column,
+        temperature=None if decoding is None else decoding.temperature,
+        chroma_gain=None if decoding is None else decoding.chroma_gain, **where,
     )  # fmt: skip
 
 
-def choose_decoding(
+def decoding_by_folds(
     archive: str, out: str, splits: list[Fold], runs: dict[str, TrainConfig],
-    temperatures: list[float], clean_folds: list[dict[str, float]], own_temperature: float,
+    decodings: list[Decoding], clean_folds: list[dict[str, float]], own: Decoding,
     where: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """Every fold model scored on its held-out photos at each of TEMPERATURES (clean; at the
-    models' own OWN_TEMPERATURE, CLEAN_FOLDS: the folds' figures already made), the
-    temperature to ship chosen from them (`choose_temperature`), and the old prints' figures
-    at that temperature."""
+    """Every fold model scored on its held-out photos decoded each of the DECODINGS ways
+    (clean; decoded its OWN way, CLEAN_FOLDS: the folds' figures already made), the decoding
+    to ship chosen from them (`choose_decoding`), and the old prints' figures decoded so."""
     fold_outs = [storage.join(out, fold.folder) for fold in splits]
-    per_fold = {own_temperature: clean_folds}
-    for t in temperatures:
-        if t != own_temperature:
-            per_fold[t] = [
-                fold_figures(held_out_evaluation(archive, f, runs[f], where, temperature=t))
+    per_fold = {own: clean_folds}
+    for decoding in decodings:
+        if decoding != own:
+            per_fold[decoding] = [
+                fold_figures(held_out_evaluation(archive, f, runs[f], where, decoding=decoding))
                 for f in fold_outs
             ]
-    candidates = {t: summarise(figures) for t, figures in sorted(per_fold.items())}
-    chosen = choose_temperature(candidates)
+    candidates = {d: summarise(figures) for d, figures in sorted(per_fold.items())}
+    chosen = choose_decoding(candidates)
     old_print = summarise([
-        fold_figures(held_out_evaluation(
-            archive, f, runs[f], where, degrade=True,
-            temperature=None if chosen == own_temperature else chosen,
-        ))
+        fold_figures(held_out_evaluation(archive, f, runs[f], where, degrade=True,
+                                         decoding=None if chosen == own else chosen))
         for f in fold_outs
     ])  # fmt: skip
     return {
-        "temperature": chosen,
-        "rule": f"the highest whose mean colourfulness over the folds reaches {COLOUR_FLOOR:g} % "
-        f"of the truth's, else the most colourful",
-        "candidates": {f"{t:g}": summary for t, summary in candidates.items()},
-        "per_fold": {f"{t:g}": figures for t, figures in sorted(per_fold.items())},
+        "chosen": chosen.name,
+        "temperature": chosen.temperature,
+        "chroma_gain": chosen.chroma_gain,
+        "rule": f"of the decodings whose mean colourfulness over the folds reaches "
+        f"{COLOUR_FLOOR:g} % of the truth's, the best mean raw AuC; else the most colourful",
+        "candidates": {d.name: summary for d, summary in candidates.items()},
+        "per_fold": {d.name: figures for d, figures in sorted(per_fold.items())},
         "old_print": old_print,
     }
 
@@ -331,8 +332,9 @@ def train_final(
         colorizer = models.load(local)
         colorizer.card["metrics"] = None  # no held-out photos: the folds' figures stand for it
         colorizer.card["crossval"] = {k: result[k] for k in ("folds", "clean", "old_print")}
-        if result.get("decoding"):  # the temperature the folds chose is the one it decodes at
+        if result.get("decoding"):  # it decodes as the folds chose
             colorizer.temperature = result["decoding"]["temperature"]
+            colorizer.chroma_gain = result["decoding"]["chroma_gain"]
             colorizer.card["crossval"]["decoding"] = result["decoding"]
         models.save(colorizer, local)
         storage.put_file(local, uri)

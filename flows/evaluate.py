@@ -37,6 +37,7 @@ def evaluate_shards(
     film: str | None,
     columns: ColumnNames,
     temperature: float | None,
+    chroma_gain: float | None,
     flip_average: bool | None,
     s3_endpoint_url: str | None,
 ) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def evaluate_shards(
             film=film,
             columns=columns,
             temperature=temperature,
+            chroma_gain=chroma_gain,
             flip_average=flip_average,
             s3_endpoint_url=s3_endpoint_url,
             sample_uri=storage.join(out, "_samples", f"{shard.name}.png"),
@@ -81,6 +83,7 @@ def evaluate_model(
     degrade: bool = False,
     film: str | None = None,
     temperature: float | None = None,
+    chroma_gain: float | None = None,
     flip_average: bool | None = None,
     image_column: str = "image",
     id_column: str = "id",
@@ -92,13 +95,18 @@ def evaluate_model(
     id hash as training does (HOLDOUT: the photos under that top folder); DEGRADE scores the
     old-print versions of the photos; FILM (a name of pipeline.imaging.degrade.FILMS) the
     photos as shot on that film: its gray is the L both the model and the gray baseline see
-    (then damaged, with DEGRADE), scored against the true colours."""
+    (then damaged, with DEGRADE), scored against the true colours. TEMPERATURE and CHROMA_GAIN
+    decode otherwise than the model's card says."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if film is not None and film not in FILMS:
         raise ConfigError(
             f"--film must name one of the films {', '.join(FILMS)} (or be left out for Lab's "
             f"L), got {film!r}"
+        )
+    if chroma_gain is not None and not 0 < chroma_gain <= 3:
+        raise ConfigError(
+            f"--chroma-gain must be in (0, 3] (1: the annealed mean as is), got {chroma_gain}"
         )
     try:
         check_fold(fold, val_fraction)
@@ -120,6 +128,7 @@ def evaluate_model(
         film,
         ColumnNames(image_column, id_column),
         temperature,
+        chroma_gain,
         flip_average,
         s3_endpoint_url,
     )

@@ -33,6 +33,7 @@ class Colorizer(nn.Module):
         l_scale: float = 100.0,
         working_size: int = 256,
         flip_average: bool = False,
+        chroma_gain: float = 1.0,
         card: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -49,6 +50,9 @@ class Colorizer(nn.Module):
         self.l_scale = l_scale
         self.working_size = working_size
         self.flip_average = flip_average
+        # the annealed mean's ab scaled by this: the mean of a distribution is paler than its
+        # colours, a gain chosen on held-out folds (flows/crossval.py) gives the chroma back
+        self.chroma_gain = chroma_gain
         self.card: dict[str, Any] = dict(card or {})
 
     @property
@@ -72,17 +76,18 @@ class Colorizer(nn.Module):
 
     def predict_ab(self, lightness: Tensor, temperature: float | None = None) -> Tensor:
         """L (N, 1, H, W) -> annealed-mean ab at 1/4 resolution, (N, 2, H/4, W/4)."""
-        t = self.temperature if temperature is None else temperature
-        return annealed_mean_from_logits(self.logits(lightness), self.centers, t)
+        return self.decode(self.logits(lightness), temperature)[0]
 
     def predict(self, lightness: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
         """`predict_ab` and, from the same forward, each image's uncertainty (N,) in [0, 1]."""
         return self.decode(self.logits(lightness), temperature)
 
     def decode(self, logits: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
-        """Logits (N, Q, h, w) -> annealed-mean ab (N, 2, h, w) and uncertainty (N,)."""
+        """Logits (N, Q, h, w) -> annealed-mean ab (N, 2, h, w) times the chroma gain, and
+        uncertainty (N,)."""
         t = self.temperature if temperature is None else temperature
-        return annealed_mean_from_logits(logits, self.centers, t), uncertainty(logits)
+        ab = annealed_mean_from_logits(logits, self.centers, t)
+        return ab * self.chroma_gain if self.chroma_gain != 1.0 else ab, uncertainty(logits)
 
     def rebalance_weights(self, lam: float = 0.5) -> Tensor:
         return rebalance_weights(self.prior, lam)
@@ -97,6 +102,7 @@ class Colorizer(nn.Module):
             "l_scale": self.l_scale,
             "working_size": self.working_size,
             "flip_average": self.flip_average,
+            "chroma_gain": self.chroma_gain,
         }
 
 
@@ -104,7 +110,7 @@ def build(arch: str = "small", **options: Any) -> Colorizer:
     """An untrained Colorizer. `arch` is "eccv16" (the paper's net) or "small" (quarter width).
 
     Options: centers (Q, 2) (default: our sRGB-gamut grid-10 bins), prior, temperature,
-    l_center, l_scale, working_size, flip_average, card.
+    l_center, l_scale, working_size, flip_average, chroma_gain, card.
     """
     centers = options.pop("centers", None)
     if centers is None:

@@ -17,7 +17,8 @@ from pipeline.imaging.color import rgb_to_lab
 from pipeline.imaging.degrade import OLD_PRINT, OldPrint, degrade_lightness, random_old_print
 from pipeline.training.config import TrainConfig, check_fold, check_holdout_matches
 from pipeline.training.crossval import (
-    choose_temperature,
+    Decoding,
+    choose_decoding,
     crossval_markdown,
     fold_figures,
     group_sources,
@@ -283,31 +284,38 @@ def test_summary_is_the_mean_and_sample_spread_over_folds():
     assert "flatter" in crossval_markdown({**result, "selected_on_evaluated_photos": True})
 
 
-def _colour(percent: float) -> dict:
-    return {"colourfulness (% of the truth)": {"mean": percent, "std": 1.0}}
+def _figures(colour: float, raw: float) -> dict:
+    return {"colourfulness (% of the truth)": {"mean": colour, "std": 1.0},
+            "raw AuC - gray (points)": {"mean": raw, "std": 0.5}}  # fmt: skip
 
 
-def test_the_temperature_chosen_is_the_highest_that_paints_enough_colour():
-    # colder decoding paints more colour: the highest T reaching 80 % keeps the most raw AuC
-    candidates = {0.38: _colour(72.0), 0.34: _colour(79.9), 0.3: _colour(84.0), 0.26: _colour(90.0)}
-    assert choose_temperature(candidates) == 0.3
-    assert choose_temperature(candidates, floor=70.0) == 0.38
+def test_the_decoding_chosen_paints_enough_colour_with_the_fewest_wrong_ones():
+    own, cold, colder, gain = (Decoding(0.38), Decoding(0.26), Decoding(0.18),
+                               Decoding(0.26, 1.15))  # fmt: skip
+    candidates = {own: _figures(64.0, 0.0), cold: _figures(76.0, 0.0),
+                  colder: _figures(79.0, -0.1), gain: _figures(81.0, -0.6)}  # fmt: skip
+    assert choose_decoding(candidates) == cold  # the best raw AuC of those reaching 75 %
+    assert choose_decoding(candidates, floor=80.0) == gain
+    assert choose_decoding(candidates, floor=60.0) == own  # ties on raw AuC: the warmest
     # none reaches the floor: the most colourful one
-    assert choose_temperature({0.38: _colour(60.0), 0.3: _colour(66.0)}) == 0.3
+    assert choose_decoding({own: _figures(60.0, 0.0), cold: _figures(66.0, 0.0)}) == cold
     with pytest.raises(ValueError, match="no candidate"):
-        choose_temperature({})
+        choose_decoding({})
+    assert Decoding.parse("0.26x1.15") == gain and gain.name == "0.26x1.15"
+    assert Decoding.parse("0.38") == own and own.name == "0.38"
+    for bad in ("0", "0.3x0", "0.3x4", "warm"):
+        with pytest.raises(ValueError):
+            Decoding.parse(bad)
 
 
-def test_crossval_refuses_temperatures_it_cannot_decode_at_before_anything_is_written(
-    tmp_path, capsys
-):
+def test_crossval_refuses_decodings_it_cannot_make_before_anything_is_written(tmp_path, capsys):
     src = photo_folder(tmp_path / "photos", {"a": 2, "b": 2})
     out = tmp_path / "cv"
-    for bad, says in (("0,0.3", "in (0, 2]"), ("0.3;0.2", "separated by commas")):
+    for bad in ("0,0.3", "0.3;0.2", "0.3x0"):
         with pytest.raises(SystemExit) as exit_code:
-            cli.main(["crossval", str(src), str(out), "--temperatures", bad])
+            cli.main(["crossval", str(src), str(out), "--decodings", bad])
         assert exit_code.value.code == 2
-        assert says in capsys.readouterr().err
+        assert "--decodings takes temperatures" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -321,7 +329,7 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, 
     argv = ["crossval", str(src), str(out), "--folds", "2", "--arch", "small", "--steps", "2",
             "--crop", "64", "--batch-size", "4", "--checkpoint-every", "2",
             "--image-column", "jpeg", "--id-column", "photo_id",
-            "--degrade", "0.5", "--temperatures", "0.2", "--final"]  # fmt: skip
+            "--degrade", "0.5", "--decodings", "0.2x1.5", "--final"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_code:
         cli.main(argv)
     assert exit_code.value.code == 0
@@ -356,22 +364,24 @@ def test_crossval_trains_each_fold_on_the_rest_and_resumes(tmp_path, ray_local, 
     assert final["training"]["images"] == 12 and final["metrics"] is None
     assert final["training"]["hyperparameters"]["val_fraction"] == 0.0
     assert final["crossval"]["clean"] == result["clean"] and final["crossval"]["folds"] == 2
-    # --temperatures: every fold scored at 0.2 too, on the same held-out photos; the final
-    # model decodes at the temperature the folds chose, its card says how it was chosen
+    # --decodings: every fold scored decoded at T 0.2 x 1.5 too, on the same held-out photos;
+    # the final model decodes as the folds chose, its card says how it was chosen
     decoding = result["decoding"]
-    assert set(decoding["candidates"]) == {"0.2", "0.38"}
+    assert set(decoding["candidates"]) == {"0.2x1.5", "0.38"}
     assert decoding["candidates"]["0.38"] == result["clean"]
     for fold in range(2):
-        at = json.loads((out / f"fold-{fold}/evaluation-T0.2/evaluation.json").read_text())
+        at = json.loads((out / f"fold-{fold}/evaluation-T0.2-G1.5/evaluation.json").read_text())
         clean = json.loads((out / f"fold-{fold}/evaluation/evaluation.json").read_text())
-        assert at["temperature"] == 0.2 and at["images"] == clean["images"]
-    assert [fold_figures(json.loads((out / f"fold-{k}/evaluation-T0.2/evaluation.json")
-            .read_text())) for k in range(2)] == decoding["per_fold"]["0.2"]  # fmt: skip
-    chosen = choose_temperature({float(t): s for t, s in decoding["candidates"].items()})
-    assert decoding["temperature"] == chosen
-    assert final["config"]["temperature"] == chosen
+        assert (at["temperature"], at["chroma_gain"]) == (0.2, 1.5)
+        assert (clean["temperature"], clean["chroma_gain"]) == (0.38, 1.0)
+        assert at["images"] == clean["images"]
+        assert fold_figures(at) == decoding["per_fold"]["0.2x1.5"][fold]
+    chosen = choose_decoding({Decoding.parse(d): s for d, s in decoding["candidates"].items()})
+    assert decoding["chosen"] == chosen.name
+    assert final["config"]["temperature"] == chosen.temperature
+    assert final["config"]["chroma_gain"] == chosen.chroma_gain
     assert final["crossval"]["decoding"] == decoding
-    assert "Decoding temperature, chosen by the folds" in (out / "crossval.md").read_text()
+    assert "Decoding chosen by the folds" in (out / "crossval.md").read_text()
     # a re-run finds both folds evaluated: nothing is trained again, and it succeeds
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("fold-*/model.safetensors")}
     with pytest.raises(SystemExit) as exit_code:

@@ -389,3 +389,24 @@ def test_flip_averaging_is_the_mean_of_the_image_and_its_mirror_and_is_saved(tmp
     assert not torch.allclose(plain, mirrored)  # the net alone is not
     path = models.save(model, tmp_path / "m.safetensors")
     assert models.load(path).flip_average and not build("small").flip_average
+
+
+def test_the_chroma_gain_scales_the_decoded_ab_on_every_path_and_is_saved(tmp_path):
+    from pipeline.colorize.predict import predict_working
+
+    torch.manual_seed(0)
+    model = build("small").eval()
+    x = torch.rand(2, 1, 64, 64) * 100
+    with torch.no_grad():
+        plain, doubt = model.predict(x)
+        cpu_plain, _ = predict_working(model, x)  # the product's CPU decoding (numba)
+        model.chroma_gain = 1.5
+        gained, same_doubt = model.predict(x)
+        cpu_gained, _ = predict_working(model, x)
+    assert plain.abs().max() > 1  # a decoding with colour to scale
+    torch.testing.assert_close(gained, plain * 1.5)
+    torch.testing.assert_close(same_doubt, doubt)  # the distributions are not changed
+    torch.testing.assert_close(cpu_gained, cpu_plain * 1.5)
+    torch.testing.assert_close(model.predict_ab(x), gained)
+    path = models.save(model, tmp_path / "m.safetensors")
+    assert models.load(path).chroma_gain == 1.5 and build("small").chroma_gain == 1.0

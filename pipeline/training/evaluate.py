@@ -67,6 +67,7 @@ def evaluate_shard(
     film: str | None = None,
     columns: ColumnNames | None = None,
     temperature: float | None = None,
+    chroma_gain: float | None = None,
     flip_average: bool | None = None,
     batch_size: int = 4,
     s3_endpoint_url: str | None = None,
@@ -79,7 +80,7 @@ def evaluate_shard(
     "uncertainty_error": [(uncertainty, mean ab error)] per image, "auc_bin_sums": {"model",
     "gray"}: `auc_by_true_bin` summed over the shard's images ((2, Q), whatever the number of
     images), "bin_centers": their bins, "temperature": the decoding's (the model's own unless
-    `temperature`)}.
+    `temperature`), "chroma_gain": the decoded ab's (the model's own unless `chroma_gain`)}.
 
     With `degrade`, both see the old-print version of each photo's L (`OLD_PRINT`, seeded by
     its id) and are scored against its clean colours. With `film` (a name of `FILMS`), both
@@ -94,6 +95,8 @@ def evaluate_shard(
         colorizer = models.load(path)
     if flip_average is not None:  # test-time flip averaging on or off, whatever the card says
         colorizer.flip_average = flip_average
+    if chroma_gain is not None:  # the decoded ab scaled otherwise than the card says
+        colorizer.chroma_gain = chroma_gain
     scored = {name: ShardStats(shard.name, shard.uri, "") for name in ("model", "gray")}
     skipped = {"other_split": 0, "gray_input": 0, "unreadable": 0}
     cols = columns or ColumnNames()
@@ -155,6 +158,7 @@ def evaluate_shard(
         "auc_bin_sums": bin_sums,
         "bin_centers": colorizer.centers.tolist(),
         "temperature": colorizer.temperature if temperature is None else temperature,
+        "chroma_gain": colorizer.chroma_gain,
     }
 
 
@@ -191,7 +195,8 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = [pair for part in parts for pair in part.get("uncertainty_error", [])]
     return {"images": images, "skipped": skipped, "metrics": metrics,
             "uncertainty": uncertainty_vs_error(pairs),
-            "temperature": parts[0]["temperature"] if parts else None}  # fmt: skip
+            "temperature": parts[0]["temperature"] if parts else None,
+            "chroma_gain": parts[0]["chroma_gain"] if parts else None}  # fmt: skip
 
 
 def uncertainty_vs_error(pairs: list[tuple[float, float]]) -> dict[str, float | None]:
