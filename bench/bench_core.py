@@ -76,11 +76,15 @@ def main() -> None:
 
     centers = build("lite0").centers
     logits = torch.randn(8, centers.shape[0], 64, 64).contiguous(memory_format=torch.channels_last)
+    lightness = torch.rand(8, 1, 256, 256) * 100
     with torch.inference_mode():
         in_torch = best_of(
-            lambda: (annealed_mean_from_logits(logits, centers), uncertainty(logits))
+            lambda: (
+                annealed_mean_from_logits(logits, centers),
+                uncertainty(logits, lightness, centers),
+            )
         )
-        in_numba = best_of(lambda: decode(logits, centers, 0.38))
+        in_numba = best_of(lambda: decode(logits, centers, 0.38, lightness))
     print(f"Annealed mean + uncertainty, 8 x {centers.shape[0]} bins x 64 x 64: torch "
           f"{in_torch * 1e3 / 8:5.1f} ms/image, decode_cpu {in_numba * 1e3 / 8:5.1f} "
           f"({in_torch / in_numba:4.1f}x)")  # fmt: skip

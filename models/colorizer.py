@@ -76,18 +76,21 @@ class Colorizer(nn.Module):
 
     def predict_ab(self, lightness: Tensor, temperature: float | None = None) -> Tensor:
         """L (N, 1, H, W) -> annealed-mean ab at 1/4 resolution, (N, 2, H/4, W/4)."""
-        return self.decode(self.logits(lightness), temperature)[0]
+        return self.predict(lightness, temperature)[0]
 
     def predict(self, lightness: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
         """`predict_ab` and, from the same forward, each image's uncertainty (N,) in [0, 1]."""
-        return self.decode(self.logits(lightness), temperature)
+        return self.decode(self.logits(lightness), lightness, temperature)
 
-    def decode(self, logits: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
-        """Logits (N, Q, h, w) -> annealed-mean ab (N, 2, h, w) times the chroma gain, and
-        uncertainty (N,)."""
+    def decode(
+        self, logits: Tensor, lightness: Tensor, temperature: float | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Logits (N, Q, h, w) of the input L (N, 1, H, W) -> annealed-mean ab (N, 2, h, w)
+        times the chroma gain, and uncertainty (N,)."""
         t = self.temperature if temperature is None else temperature
         ab = annealed_mean_from_logits(logits, self.centers, t)
-        return ab * self.chroma_gain if self.chroma_gain != 1.0 else ab, uncertainty(logits)
+        doubt = uncertainty(logits, lightness, self.centers, t)
+        return ab * self.chroma_gain if self.chroma_gain != 1.0 else ab, doubt
 
     def rebalance_weights(self, lam: float = 0.5) -> Tensor:
         return rebalance_weights(self.prior, lam)

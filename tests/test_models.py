@@ -331,13 +331,33 @@ def test_the_shipped_default_beats_gray_on_bundled_photos(photos):
     assert 0.3 < sum(colour) / len(colour) < 2.0  # neither gray nor garish
 
 
-def test_uncertainty_is_zero_when_sure_and_one_when_uniform():
+def test_uncertainty_is_the_colour_at_stake_where_the_lightness_allows_colour():
     from models.decode import uncertainty
 
-    sure = torch.full((1, 261, 4, 4), -1e4)
-    sure[:, 7] = 0.0
-    uniform = torch.zeros(1, 261, 4, 4)
-    torch.testing.assert_close(uncertainty(torch.cat([sure, uniform])), torch.tensor([0.0, 1.0]))
+    centers = gamut_bin_centers()
+    chroma = torch.linalg.vector_norm(centers, dim=1)
+    gray, vivid = int(chroma.argmin()), int(chroma.argmax())
+
+    def sure_of(bin_index: int) -> torch.Tensor:
+        logits = torch.full((1, centers.shape[0], 4, 4), -1e4)
+        logits[:, bin_index] = 0.0
+        return logits
+
+    mid_gray, black = torch.full((1, 1, 16, 16), 50.0), torch.zeros(1, 1, 16, 16)
+    sure_gray = uncertainty(sure_of(gray), mid_gray, centers)
+    sure_vivid = uncertainty(sure_of(vivid), mid_gray, centers)
+    # sure of the most colourful bin at mid gray: all the colour there is, at stake
+    torch.testing.assert_close(sure_vivid, torch.tensor([1.0]))
+    assert sure_gray < 0.05  # sure of (near) no colour: nothing at stake
+    # black (or white) allows no colour: nothing at stake, whatever the distribution says
+    torch.testing.assert_close(uncertainty(sure_of(vivid), black, centers), torch.tensor([0.0]))
+    uniform = torch.zeros(1, centers.shape[0], 4, 4)
+    assert sure_gray < uncertainty(uniform, mid_gray, centers) < sure_vivid
+    # the tent is taken of the lightness averaged over each logit's cell: black and white
+    # stripes finer than a cell are a mid gray there (the net sees them as such)
+    stripes = torch.zeros(1, 1, 16, 16)
+    stripes[..., ::2] = 100.0
+    torch.testing.assert_close(uncertainty(sure_of(vivid), stripes, centers), torch.tensor([1.0]))
     model = build("small").eval()
     lightness = torch.rand(2, 1, 64, 64) * 100
     ab, doubt = model.predict(lightness)

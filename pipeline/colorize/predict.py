@@ -80,9 +80,9 @@ def predict_working(
         logits = model.logits(batch)
     if model.device.type == "cpu":  # the same decoding in one pass instead of ten
         t = model.temperature if temperature is None else temperature
-        ab, doubt = decode_cpu.decode(logits, model.centers, t)
+        ab, doubt = decode_cpu.decode(logits, model.centers, t, batch)
         return ab * model.chroma_gain if model.chroma_gain != 1.0 else ab, doubt
-    return model.decode(logits.float(), temperature)
+    return model.decode(logits.float(), batch, temperature)
 
 
 def predict_low_ab(

@@ -11,11 +11,11 @@ Results match `models.decode` within 1e-2 ab and 1e-4 uncertainty (tests/test_de
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 import torch
+
+from models.decode import lightness_tent
 
 f32 = np.float32
 _FLOOR = f32(-80.0)  # exp(-80) ~ 2e-35: nothing next to the largest term, exp(0) = 1
@@ -34,36 +34,32 @@ def _exp(x):
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
-def _decode(logits, tops, centers_a, centers_b, inverse_t, a_out, b_out, entropy_out):
+def _decode(logits, tops, centers_a, centers_b, centers_c, inverse_t, a_out, b_out, c_out):
     """logits (P, Q) and each row's largest -> per pixel: annealed-mean a and b, and the
-    entropy of softmax(logits)."""
+    chroma the annealed distribution expects (centers_c: each bin's chroma)."""
     for p in range(logits.shape[0]):
         row = logits[p]
         top = tops[p]
-        total = f32(0.0)
-        weighted = f32(0.0)  # sum of e * x: the entropy is log(total) - weighted / total
         total_t = f32(0.0)
         a = f32(0.0)
         b = f32(0.0)
+        c = f32(0.0)
         for q in range(row.shape[0]):
-            x = row[q] - top
-            e = _exp(x)
-            e_t = _exp(x * inverse_t)
-            total += e
-            weighted += e * x
+            e_t = _exp((row[q] - top) * inverse_t)
             total_t += e_t
             a += e_t * centers_a[q]
             b += e_t * centers_b[q]
-        entropy_out[p] = math.log(total) - weighted / total
+            c += e_t * centers_c[q]
         a_out[p] = a / total_t
         b_out[p] = b / total_t
+        c_out[p] = c / total_t
 
 
 def decode(
-    logits: torch.Tensor, centers: torch.Tensor, temperature: float
+    logits: torch.Tensor, centers: torch.Tensor, temperature: float, lightness: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, Q, h, w) on the CPU -> (annealed-mean ab (N, 2, h, w), uncertainty (N,)), as
-    `models.decode.annealed_mean_from_logits` and `uncertainty`."""
+    """Logits (N, Q, h, w) on the CPU of the input L (N, 1, H, W) -> (annealed-mean ab (N, 2,
+    h, w), uncertainty (N,)), as `models.decode.annealed_mean_from_logits` and `uncertainty`."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (0.38 is the paper's), got {temperature}")
     n, q, h, w = logits.shape
@@ -72,12 +68,16 @@ def decode(
     centers_np = centers.detach().float().cpu().numpy()
     a = np.empty(n * h * w, np.float32)
     b = np.empty(n * h * w, np.float32)
-    entropy = np.empty(n * h * w, np.float32)
+    expected_chroma = np.empty(n * h * w, np.float32)
     centers_a = np.ascontiguousarray(centers_np[:, 0])
     centers_b = np.ascontiguousarray(centers_np[:, 1])
+    centers_c = np.hypot(centers_a, centers_b).astype(np.float32)
     # each pixel's largest logit by torch: LLVM leaves a max reduction scalar (3x slower)
     tops = torch.from_numpy(per_pixel).amax(dim=1).numpy()
-    _decode(per_pixel, tops, centers_a, centers_b, f32(1.0 / temperature), a, b, entropy)
+    _decode(per_pixel, tops, centers_a, centers_b, centers_c, f32(1.0 / temperature), a, b,
+            expected_chroma)  # fmt: skip
     ab = torch.from_numpy(np.stack([a, b]).reshape(2, n, h, w)).permute(1, 0, 2, 3)
-    doubt = torch.from_numpy(entropy.reshape(n, h * w).mean(axis=1) / math.log(q))
-    return ab, doubt
+    at_stake = torch.from_numpy(expected_chroma.reshape(n, h, w)) * lightness_tent(
+        lightness, (h, w)
+    )
+    return ab, at_stake.flatten(1).mean(dim=1) / float(centers_c.max())
