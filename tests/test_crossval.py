@@ -268,12 +268,13 @@ def test_summary_is_the_mean_and_sample_spread_over_folds():
             "auc": {"model": 0.80, "gray": 0.81},
             "colorfulness": {"model": 30.0, "gray": 0.0},
             "colorfulness_delta": {"model": -10.0, "gray": -40.0},
-        }}  # fmt: skip
+        }, "uncertainty": {"spearman": 0.4, "images": 9}}  # fmt: skip
 
     folds = [fold_figures(evaluation(a)) for a in (0.72, 0.74, 0.76)]
     assert folds[0]["rebalanced AuC - gray (points)"] == pytest.approx(2.0)
     assert folds[0]["raw AuC - gray (points)"] == pytest.approx(-1.0)
     assert folds[0]["colourfulness (% of the truth)"] == pytest.approx(75.0)
+    assert folds[0]["uncertainty vs error (Spearman)"] == pytest.approx(0.4)
     summary = summarise(folds)["rebalanced AuC - gray (points)"]
     assert summary["mean"] == pytest.approx(4.0) and summary["std"] == pytest.approx(2.0)
     assert (summary["min"], summary["max"], summary["folds"]) == pytest.approx((2.0, 6.0, 3))

@@ -36,9 +36,13 @@ def group_sources(sizes: dict[str, int], groups: int) -> list[list[str]]:
     return [sorted(fold) for fold in folds]
 
 
+DOUBT = "uncertainty vs error (Spearman)"
+
+
 def fold_figures(evaluation: dict[str, Any]) -> dict[str, float]:
-    """One fold's evaluation -> {figure: value}: the model's gain over gray per metric and its
-    colourfulness as a share of the truth's (the gray image's shortfall is the truth's)."""
+    """One fold's evaluation -> {figure: value}: the model's gain over gray per metric, its
+    colourfulness as a share of the truth's (the gray image's shortfall is the truth's), and
+    how well its uncertainty ranks its per-image errors."""
     metrics = evaluation["metrics"]
     out = {}
     for name, metric, scale in FIGURES:
@@ -49,6 +53,9 @@ def fold_figures(evaluation: dict[str, Any]) -> dict[str, float]:
     if delta and delta["gray"]:
         truth = -delta["gray"]
         out["colourfulness (% of the truth)"] = 100.0 * metrics["colorfulness"]["model"] / truth
+    spearman = (evaluation.get("uncertainty") or {}).get("spearman")
+    if spearman is not None:
+        out[DOUBT] = spearman
     return out
 
 
