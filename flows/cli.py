@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T[xG],...",
         help="also score each fold model decoded at these temperatures, each with an optional "
         "chroma gain (e.g. 0.26,0.18,0.26x1.15), and choose the decoding to ship by the folds: "
-        "of those whose mean colourfulness reaches 75 %% of the truth's, the best raw AuC (the "
+        "of those whose mean colourfulness reaches 72 %% of the truth's, the best raw AuC (the "
         "model's own is always a candidate); --final's model decodes so",
     )
     cv.add_argument(

@@ -72,8 +72,9 @@ def summarise(folds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 # colourfulness (% of the truth, fold mean) a chosen decoding must reach: the issue's floor is
-# 70 %, and the folds' last prediction of it overshot photos from elsewhere by 5-15 points
-COLOUR_FLOOR = 75.0
+# 70 %; grouped source folds predicted it for photos from elsewhere within about a point
+# (65 % against 64 % measured), leave-one-source-out folds overshot by 5-15 points
+COLOUR_FLOOR = 72.0
 COLOUR = "colourfulness (% of the truth)"
 RAW = "raw AuC - gray (points)"
 
