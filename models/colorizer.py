@@ -89,8 +89,11 @@ class Colorizer(nn.Module):
         times the chroma gain, and uncertainty (N,)."""
         t = self.temperature if temperature is None else temperature
         ab = annealed_mean_from_logits(logits, self.centers, t)
-        doubt = uncertainty(logits, lightness, self.centers, t)
-        return ab * self.chroma_gain if self.chroma_gain != 1.0 else ab, doubt
+        return self.with_gain(ab), uncertainty(logits, lightness, self.centers, t)
+
+    def with_gain(self, ab: Tensor) -> Tensor:
+        """The decoded ab times the chroma gain (every decoding path ends here)."""
+        return ab * self.chroma_gain if self.chroma_gain != 1.0 else ab
 
     def rebalance_weights(self, lam: float = 0.5) -> Tensor:
         return rebalance_weights(self.prior, lam)

@@ -81,7 +81,7 @@ def predict_working(
     if model.device.type == "cpu":  # the same decoding in one pass instead of ten
         t = model.temperature if temperature is None else temperature
         ab, doubt = decode_cpu.decode(logits, model.centers, t, batch)
-        return ab * model.chroma_gain if model.chroma_gain != 1.0 else ab, doubt
+        return model.with_gain(ab), doubt
     return model.decode(logits.float(), batch, temperature)
 
 
