@@ -463,6 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _train_option(
         recipe,
+        "--hints",
+        help="-hints architectures: share of training crops given simulated colour hints "
+        "(points of their true colour, a geometric number of them); the rest get none, so "
+        "the model stays automatic too (0.5 is a good start; default %(default)s)",
+    )
+    _train_option(
+        recipe,
+        "--hint-points",
+        help="mean number of simulated hint points on a hinted crop (default %(default)s)",
+    )
+    _train_option(
+        recipe,
         "--stamps",
         help="folder or s3:// prefix of photographic cut-outs (RGBA PNG) to paste onto "
         "training crops (make stamp-corpus STAMPS=DIR builds one from tuxpaint-stamps-default)",

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from models.bins import gamut_bin_centers
 from models.decode import DEFAULT_TEMPERATURE, annealed_mean_from_logits, uncertainty
-from models.nets import make_net
+from models.nets import make_net, takes_hints
 from models.targets import rebalance_weights
 
 
@@ -63,24 +63,42 @@ class Colorizer(nn.Module):
     def device(self) -> torch.device:
         return self.centers.device
 
-    def logits(self, lightness: Tensor) -> Tensor:
-        """Logits over the bins; with `flip_average`, the mean of the image's and its mirror's
-        (test-time augmentation: twice the forward cost)."""
-        x = (lightness - self.l_center) / self.l_scale
-        if not self.flip_average:
-            return self.net(x)
-        return (self.net(x) + self.net(x.flip(3)).flip(3)) / 2
+    @property
+    def takes_hints(self) -> bool:
+        """A hint-aware model (architecture `...-hints`): `logits` takes hint planes."""
+        return takes_hints(self.arch)
 
-    def forward(self, lightness: Tensor) -> Tensor:
-        return torch.softmax(self.logits(lightness), dim=1)
+    def logits(self, lightness: Tensor, hints: Tensor | None = None) -> Tensor:
+        """Logits over the bins; with `flip_average`, the mean of the image's and its mirror's
+        (test-time augmentation: twice the forward cost). `hints`: (N, 3, h, w) planes on the
+        output grid (models/hints.py), for a hint-aware model only; None: no hints."""
+        if hints is not None and not self.takes_hints:
+            raise ValueError(
+                f"this {self.arch} model takes no colour hints: use a hint-aware model "
+                "(architecture ending in -hints)"
+            )
+        x = (lightness - self.l_center) / self.l_scale
+        if not self.takes_hints:
+            if not self.flip_average:
+                return self.net(x)
+            return (self.net(x) + self.net(x.flip(3)).flip(3)) / 2
+        if not self.flip_average:
+            return self.net(x, hints)
+        mirrored = None if hints is None else hints.flip(3)
+        return (self.net(x, hints) + self.net(x.flip(3), mirrored).flip(3)) / 2
+
+    def forward(self, lightness: Tensor, hints: Tensor | None = None) -> Tensor:
+        return torch.softmax(self.logits(lightness, hints), dim=1)
 
     def predict_ab(self, lightness: Tensor, temperature: float | None = None) -> Tensor:
         """L (N, 1, H, W) -> annealed-mean ab at 1/4 resolution, (N, 2, H/4, W/4)."""
         return self.predict(lightness, temperature)[0]
 
-    def predict(self, lightness: Tensor, temperature: float | None = None) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, lightness: Tensor, temperature: float | None = None, hints: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """`predict_ab` and, from the same forward, each image's uncertainty (N,) in [0, 1]."""
-        return self.decode(self.logits(lightness), lightness, temperature)
+        return self.decode(self.logits(lightness, hints), lightness, temperature)
 
     def decode(
         self, logits: Tensor, lightness: Tensor, temperature: float | None = None

@@ -19,7 +19,9 @@ wide-context convs at 1/16 as the paper's blocks 5-6, and a global scene vector 
 ImageNet head mixed in at the top) and "plain" (one conv a scale, fewer channels: less to
 fit when the training photos are few; "slim" is it at half the channels). The architecture's
 name is `<encoder>` for the context decoder, `<encoder>-plain` or `<encoder>-slim` for the
-others.
+others; `-hints` after it makes the net hint-aware (models/hints.py): the hint planes enter the
+decoder at each of its four scales, each through a small conv branch whose last layer starts
+at zero, so that the net starts as the automatic net it is initialised from, hints or none.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import hints as hint_planes
 from models.efficientnet import HEAD_CHANNELS, EfficientNetLite, feature_channels, normalise
 from models.lab import lab_to_rgb
 
@@ -115,6 +118,7 @@ class LiteColorNet(nn.Module):
         decoder: str = "context",
         trainable_stages: int = 0,
         dropout: float = 0.1,
+        hints: bool = False,
     ) -> None:
         super().__init__()
         c4, c8, c16, c32 = feature_channels(encoder)
@@ -137,6 +141,10 @@ class LiteColorNet(nn.Module):
             self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8))
             self.up4 = nn.Sequential(*conv_bn_relu(d8 + c4, d4))
         self.classify = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(d4, num_bins, 1))
+        # hint-aware: one branch per decoder scale (1/32, 1/16, 1/8, 1/4), added to its output
+        self.hint_branches = (
+            nn.ModuleList(hint_branch(c) for c in (d32, d16, d8, d4)) if hints else None
+        )
         self.set_trainable_stages(trainable_stages)
 
     def set_trainable_stages(self, count: int) -> None:
@@ -165,17 +173,49 @@ class LiteColorNet(nn.Module):
         self.encoder.eval()  # ImageNet BatchNorm statistics, always (see the class docstring)
         return self
 
-    def forward(self, lightness: Tensor) -> Tensor:
+    @property
+    def takes_hints(self) -> bool:
+        return self.hint_branches is not None
+
+    def forward(self, lightness: Tensor, hints: Tensor | None = None) -> Tensor:
+        """`hints`: (N, 3, H/4, W/4) planes (models/hints.py) for a hint-aware net; None is
+        no hints."""
         gray = lab_to_rgb(F.pad(lightness * 100.0 + 50.0, (0, 0, 0, 0, 0, 2)))  # a = b = 0
         f4, f8, f16, f32 = self.encoder.features(normalise(gray))
         if self.context is not None:
             scene = self.context(self.encoder.head(f32).mean(dim=(2, 3)))
             f32 = torch.cat([f32, scene[:, :, None, None].expand(-1, -1, *f32.shape[2:])], 1)
-        x = self.top(f32)
-        x = self.up16(torch.cat([upsample(x, f16), f16], 1))
-        x = self.up8(torch.cat([upsample(x, f8), f8], 1))
-        x = self.up4(torch.cat([upsample(x, f4), f4], 1))
+        x = self.with_hints(0, self.top(f32), hints)
+        x = self.with_hints(1, self.up16(torch.cat([upsample(x, f16), f16], 1)), hints)
+        x = self.with_hints(2, self.up8(torch.cat([upsample(x, f8), f8], 1)), hints)
+        x = self.with_hints(3, self.up4(torch.cat([upsample(x, f4), f4], 1)), hints)
         return self.classify(x)
+
+    def with_hints(self, scale: int, x: Tensor, hints: Tensor | None) -> Tensor:
+        """A decoder scale's output plus its hint branch's reading of the hints pooled to it."""
+        if self.hint_branches is None:
+            if hints is not None and bool(hints[:, 2].any()):
+                raise ValueError("this network takes no hints (its architecture has no -hints)")
+            return x
+        if hints is None:
+            hints = hint_planes.no_hints(x.shape[0], x.shape[2] << (3 - scale),
+                                         x.shape[3] << (3 - scale), x.device)  # fmt: skip
+        factor = max(1, hints.shape[-1] // x.shape[-1])
+        coarse = hint_planes.pooled(hints.to(x.dtype), factor)
+        if coarse.shape[2:] != x.shape[2:]:
+            coarse = F.interpolate(coarse, size=x.shape[2:], mode="nearest")
+        return x + self.hint_branches[scale](coarse)
+
+
+def hint_branch(channels: int, width: int = 32) -> nn.Sequential:
+    """Hint planes -> a decoder scale's channels: two 3x3 convs (a 5-cell reach at each scale,
+    so a hint at 1/32 speaks for a wide region and at 1/4 for its neighbourhood); the last
+    starts at zero (the net starts as its automatic self)."""
+    last = nn.Conv2d(width, channels, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    assert last.bias is not None
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Conv2d(hint_planes.CHANNELS, width, 3, padding=1), nn.ReLU(True), last)
 
 
 def upsample(x: Tensor, like: Tensor) -> Tensor:
@@ -190,13 +230,24 @@ LITE_ARCHITECTURES: dict[str, tuple[str, str]] = {  # name -> (encoder, decoder)
     "lite2-plain": ("lite2", "plain"),
     "lite2-slim": ("lite2", "slim"),
 }
-ARCHITECTURES = (*ECCV16_WIDTHS, *LITE_ARCHITECTURES)
+HINTS_SUFFIX = "-hints"
+HINT_ARCHITECTURES = tuple(name + HINTS_SUFFIX for name in LITE_ARCHITECTURES)
+ARCHITECTURES = (*ECCV16_WIDTHS, *LITE_ARCHITECTURES, *HINT_ARCHITECTURES)
+
+
+def takes_hints(arch: str) -> bool:
+    return arch.endswith(HINTS_SUFFIX)
+
+
+def automatic_arch(arch: str) -> str:
+    """The architecture without its hint input (a hint-aware net is initialised from it)."""
+    return arch.removesuffix(HINTS_SUFFIX)
 
 
 def make_net(arch: str, num_bins: int) -> nn.Module:
-    if arch in LITE_ARCHITECTURES:
-        encoder, decoder = LITE_ARCHITECTURES[arch]
-        return LiteColorNet(num_bins, encoder, decoder)
+    if automatic_arch(arch) in LITE_ARCHITECTURES:
+        encoder, decoder = LITE_ARCHITECTURES[automatic_arch(arch)]
+        return LiteColorNet(num_bins, encoder, decoder, hints=takes_hints(arch))
     if arch not in ECCV16_WIDTHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHITECTURES)}")
     return ECCV16Net(num_bins, width=ECCV16_WIDTHS[arch])

@@ -14,7 +14,9 @@ from typing import Any
 
 # models.nets' architectures by name (that module imports torch, this one must not: the CLI
 # reads them; tests/test_models.py checks the two agree)
-ARCHITECTURES = ("eccv16", "small", "lite0", "lite0-plain", "lite2", "lite2-plain", "lite2-slim")
+AUTOMATIC = ("eccv16", "small", "lite0", "lite0-plain", "lite2", "lite2-plain", "lite2-slim")
+HINTS_SUFFIX = "-hints"  # a hint-aware net (models/hints.py): the lite* ones only
+ARCHITECTURES = (*AUTOMATIC, *(a + HINTS_SUFFIX for a in AUTOMATIC if a.startswith("lite")))
 LITE_DROPOUT = 0.3  # the lite* nets' classifier dropout unless --dropout says otherwise
 
 
@@ -57,6 +59,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # moving average of the weights, shipped instead of the last ones
     degrade: float = 0.6  # share of crops whose L input is degraded as an old print
     film: float = 0.0  # share of crops whose L input is a random film's gray (degrade.py)
+    # -hints architectures: share of crops given simulated colour hints (models/hints.py),
+    # a geometric number of them, `hint_points` on average; the rest get none
+    hints: float = 0.0
+    hint_points: float = 8.0
     stamps: str = (
         ""  # folder or s3:// prefix of photographic cut-outs (pipeline/training/stamps.py)
     )
@@ -135,6 +141,20 @@ class TrainConfig:
                 f"--film must be in [0, 1] (the share of crops seen as a film's gray, 0: none), "
                 f"got {self.film}"
             )
+        takes_hints = self.arch.endswith(HINTS_SUFFIX)
+        if not 0 <= self.hints < 1 or (takes_hints and not self.hints):
+            raise ValueError(
+                f"--hints is the share of crops given simulated colour hints, in (0, 1) for a "
+                f"-hints architecture (0.5 keeps it a good automatic model), got {self.hints}"
+            )
+        if self.hints and not takes_hints:
+            raise ValueError(
+                f"--hints needs a hint-aware architecture: --arch {self.arch}{HINTS_SUFFIX}"
+                if self.arch.startswith("lite")
+                else "--hints needs a hint-aware lite* architecture (--arch lite2-plain-hints)"
+            )
+        if not 1 <= self.hint_points <= 32:
+            raise ValueError(f"--hint-points must be in [1, 32], got {self.hint_points}")
         for name in ("val_every", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
@@ -156,8 +176,8 @@ class TrainConfig:
 OPTIONS = (
     "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
     "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "weight_decay", "dropout",
-    "degrade", "film", "stamps", "paste", "val_fraction", "fold", "holdout", "workers",
-    "checkpoint_every", "soft_k", "seed", "val_every", "val_max_photos", "patience",
+    "degrade", "film", "hints", "hint_points", "stamps", "paste", "val_fraction", "fold",
+    "holdout", "workers", "checkpoint_every", "soft_k", "seed", "val_every", "val_max_photos", "patience",
     "loader_threads", "image_column", "id_column", "init",
 )  # fmt: skip
 SPLIT_OPTIONS = ("val_fraction", "fold", "holdout")  # which photos are held out: crossval's

@@ -137,8 +137,10 @@ def train_step(
     ab: torch.Tensor,
     weights: torch.Tensor,
     config: TrainConfig,
+    hints: torch.Tensor | None = None,
 ) -> float:
-    """One optimizer step on a batch's L (the input, degraded where asked) and target ab.
+    """One optimizer step on a batch's L (the input, degraded where asked) and target ab
+    (and, for a hint-aware net, its simulated hint planes).
 
     On CUDA: non-blocking copies (from pinned memory), channels-last input, the network under
     bf16 autocast; the loss (soft-encoding, rebalancing) in fp32 on the device. On a CPU the
@@ -151,7 +153,7 @@ def train_step(
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-        logits = net(x)
+        logits = net(x) if hints is None else net(x, hints.to(device, non_blocking=cuda))
     loss = rebalanced_cross_entropy(
         logits.float(), ab, colorizer.centers, weights, k=config.soft_k, sigma=config.soft_sigma
     )
@@ -188,8 +190,11 @@ def init_net(
 ) -> None:
     """Before the first step: the weights it starts from (INIT, a fine-tuned model's whole
     net; else ImageNet's in a pretrained encoder), and what trains."""
-    if init is not None:
-        colorizer.net.load_state_dict(init)
+    if init is not None:  # a hint-aware net from its automatic self: the hint branches new
+        missing = colorizer.net.load_state_dict(init, strict=not colorizer.takes_hints)
+        unexpected = [k for k in missing.missing_keys if not k.startswith("hint_branches.")]
+        if unexpected or missing.unexpected_keys:
+            raise ValueError(f"--init's weights do not fit {config.arch}: {missing}")
     if isinstance(colorizer.net, LiteColorNet):
         if init is None:
             colorizer.net.encoder.load_state_dict(imagenet_state(colorizer.net.encoder.variant))
@@ -365,7 +370,7 @@ def optimise(
     torch.manual_seed(step_seed(config, step, rank))  # dropout: the same after a resume
     batch = loader.next()
     loss = train_step(trainee.net, trainee.colorizer, trainee.optimizer, batch.lightness,
-                      batch.ab, trainee.weights, config)  # fmt: skip
+                      batch.ab, trainee.weights, config, batch.hints)  # fmt: skip
     if config.ema_decay:
         update_ema(trainee.ema, trainee.colorizer.net, config.ema_decay, step)
     run.history.append(loss)

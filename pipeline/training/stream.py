@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from models.hints import simulated_planes
 from pipeline.imaging.degrade import (
     degrade_lightness,
     film_lightness,
@@ -191,6 +192,16 @@ class Batch:
     lightness: torch.Tensor  # (N, 1, S, S): the network's input (film, old print where asked)
     ab: torch.Tensor  # (N, 2, S/4, S/4): the targets' ab
     position: Position  # the stream's position after this batch
+    hints: torch.Tensor | None = None  # (N, 3, S/4, S/4): simulated hints (-hints nets)
+
+
+def hint_input(ab: torch.Tensor, config: TrainConfig, step: int, rank: int) -> torch.Tensor | None:
+    """Simulated colour hints from the target ab for a hint-aware net (a `config.hints`
+    share of the crops; deterministic in (seed, step, rank)); None for other nets."""
+    if config.hints <= 0:
+        return None
+    rng = np.random.default_rng([config.seed, step, rank, 5])
+    return simulated_planes(ab, rng, config.hints, config.hint_points)
 
 
 def make_batch(
@@ -208,9 +219,11 @@ def make_batch(
     lightness, ab = ab_targets(torch.from_numpy(rgb))
     lightness = film_input(lightness, rgb, config, step, rank)  # film first, then old prints
     lightness = degraded_input(lightness, config, step, rank)
+    hints = hint_input(ab, config, step, rank)
     if pin:  # page-locked, for non-blocking copies to the GPU
         lightness, ab = lightness.pin_memory(), ab.pin_memory()
-    return Batch(step, lightness, ab, taken[-1].after)
+        hints = None if hints is None else hints.pin_memory()
+    return Batch(step, lightness, ab, taken[-1].after, hints)
 
 
 class Loader:

@@ -1,0 +1,96 @@
+"""Colour hints (Zhang, Zhu, Isola et al., SIGGRAPH 2017): a few points where someone says
+what the colour is, given to a hint-aware network beside the L channel.
+
+A hint is a point (x, y as shares of the image's width and height, so that it holds at any
+resolution), an ab colour, and a radius as a share of the short side. The network sees hints
+as three planes on its output grid (1/4 of its working size): a/110, b/110 and a mask that is
+1 where a hint is. On that grid every hint covers at least the cell its point falls in.
+
+Training simulates them from the true colours (`simulated_planes`): no hints on a share of the
+crops (so that the model stays an automatic colorizer), else a geometric number of points,
+each a small patch of the true ab at a random place, its colour the patch's mean, as the
+paper's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+AB_SCALE = 110.0  # ab / AB_SCALE: the planes' a and b in about [-1, 1]
+CHANNELS = 3  # a, b, mask
+DEFAULT_RADIUS = 0.01  # a share of the short side: one cell of a 256 working size's 64x64 grid
+MAX_POINTS = 32  # simulated points per crop, at most
+
+
+@dataclass(frozen=True)
+class Hint:
+    x: float  # [0, 1] of the width
+    y: float  # [0, 1] of the height
+    a: float
+    b: float
+    r: float = DEFAULT_RADIUS  # share of the short side
+
+
+def hint_planes(hints: Sequence[Hint], height: int, width: int) -> Tensor:
+    """Hints -> (3, height, width) planes on the network's output grid: a/110, b/110, mask.
+    A hint covers the cells whose centres lie within its radius, and always its own cell;
+    where hints overlap, the later one counts."""
+    planes = torch.zeros(CHANNELS, height, width)
+    if not hints:
+        return planes
+    rows = torch.arange(height, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(width, dtype=torch.float32)[None, :] + 0.5
+    for hint in hints:
+        cy, cx = hint.y * height, hint.x * width
+        radius = hint.r * min(height, width)
+        inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2
+        inside[min(int(cy), height - 1), min(int(cx), width - 1)] = True
+        planes[0][inside] = hint.a / AB_SCALE
+        planes[1][inside] = hint.b / AB_SCALE
+        planes[2][inside] = 1.0
+    return planes
+
+
+def no_hints(batch: int, height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """The planes of a batch without hints (what a hint-aware network sees on its own)."""
+    return torch.zeros(batch, CHANNELS, height, width, device=device)
+
+
+def simulated_planes(
+    ab: Tensor, rng: np.random.Generator, share: float, mean_points: float = 8.0
+) -> Tensor:
+    """Training's hints from the true ab at the output resolution (N, 2, h, w): a `share` of
+    the crops get a geometric number of points (mean `mean_points`, at most MAX_POINTS), each
+    a square patch of 1-3 cells at a uniform place holding the patch's mean true ab; the rest
+    get none."""
+    n, _, h, w = ab.shape
+    planes = torch.zeros(n, CHANNELS, h, w)
+    for i in range(n):
+        if rng.random() >= share:
+            continue
+        count = min(MAX_POINTS, int(rng.geometric(1.0 / mean_points)))
+        for _ in range(count):
+            size = int(rng.integers(1, 4))
+            y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            patch = ab[i, :, y : y + size, x : x + size]
+            planes[i, :2, y : y + size, x : x + size] = patch.mean(dim=(1, 2))[:, None, None]
+            planes[i, 2, y : y + size, x : x + size] = 1.0
+        planes[i, :2] /= AB_SCALE
+    return planes
+
+
+def pooled(planes: Tensor, factor: int) -> Tensor:
+    """Planes at 1/`factor` of their size: each coarse cell holds the mean ab of the hinted
+    cells under it and a mask of 1 where any is (a sparse hint is not diluted away)."""
+    if factor == 1:
+        return planes
+    mask = planes[:, 2:3]
+    ab_sum = torch.nn.functional.avg_pool2d(planes[:, :2] * mask, factor, ceil_mode=True)
+    covered = torch.nn.functional.avg_pool2d(mask, factor, ceil_mode=True)
+    present = (covered > 0).to(planes.dtype)
+    return torch.cat([ab_sum / covered.clamp(min=1e-6) * present, present], 1)
