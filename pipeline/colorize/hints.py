@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ def parse_point(row_id: str, index: int, point: Any) -> Hint:
         raise HintsError(f"{where}: unknown keys {sorted(unknown)}; a point has x, y, rgb, r")
     for key in ("x", "y"):
         value = point.get(key)
-        if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
             raise HintsError(
                 f"{where}: {key} must be a number in [0, 1] (a share of the image's "
                 f"{'width' if key == 'x' else 'height'}), got {value!r}: the point is outside "
@@ -59,7 +59,7 @@ def parse_point(row_id: str, index: int, point: Any) -> Hint:
     if not isinstance(rgb, str) or not RGB_PATTERN.match(rgb):
         raise HintsError(f"{where}: rgb must be an sRGB colour as '#rrggbb', got {rgb!r}")
     radius = point.get("r", DEFAULT_RADIUS)
-    if not _is_number(radius) or not 0.0 < float(radius) <= MAX_RADIUS:
+    if not _is_number(radius) or not 0.0 < radius <= MAX_RADIUS:
         raise HintsError(
             f"{where}: r must be a share of the short side in (0, {MAX_RADIUS}], got {radius!r}"
         )
@@ -67,7 +67,7 @@ def parse_point(row_id: str, index: int, point: Any) -> Hint:
     return Hint(float(point["x"]), float(point["y"]), a, b, float(radius))
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)

@@ -177,8 +177,8 @@ OPTIONS = (
     "arch", "steps", "batch_size", "lr", "lr_schedule", "crop", "prepared", "scale_min",
     "trainable_stages", "unfreeze_at", "encoder_lr_scale", "ema_decay", "weight_decay", "dropout",
     "degrade", "film", "hints", "hint_points", "stamps", "paste", "val_fraction", "fold",
-    "holdout", "workers", "checkpoint_every", "soft_k", "seed", "val_every", "val_max_photos", "patience",
-    "loader_threads", "image_column", "id_column", "init",
+    "holdout", "workers", "checkpoint_every", "soft_k", "seed", "val_every", "val_max_photos",
+    "patience", "loader_threads", "image_column", "id_column", "init",
 )  # fmt: skip
 SPLIT_OPTIONS = ("val_fraction", "fold", "holdout")  # which photos are held out: crossval's
 
