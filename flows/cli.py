@@ -179,6 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         degrade=args.degrade,
         film=args.film,
+        hints=args.hints,
         temperature=args.temperature,
         chroma_gain=args.chroma_gain,
         flip_average=args.flip_average,
@@ -196,9 +197,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _print_evaluation(result: dict[str, Any]) -> None:
     print(f"{result['images']} colour photos of the {result['split']} split")
-    print(f"  {'metric':20s} {'model':>10s} {'gray':>10s}")
+    hinted = bool(result.get("hints"))
+    if hinted:
+        print(f"model given {result['hints']} hints per photo from the true colours; "
+              f"automatic: the same model given none")  # fmt: skip
+    columns = ("model", "automatic", "gray") if hinted else ("model", "gray")
+    print(f"  {'metric':20s}" + "".join(f" {c:>10s}" for c in columns))
     for name, m in result["metrics"].items():
-        print(f"  {name:20s} {m['model']:10.4f} {m['gray']:10.4f}")
+        print(f"  {name:20s}" + "".join(f" {m[c]:10.4f}" for c in columns))
+    error = result.get("hint_error") or {}
+    if error.get("median") is not None:
+        print(f"ab error at the {error['points']} hint points: median {error['median']:.2f}")
     doubt = result.get("uncertainty") or {}
     if doubt.get("spearman") is not None:
         print(
@@ -635,6 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(ortho: blind to red; pan: near luminance; yellow/orange/red: pan behind that "
         "filter, darker skies) instead of Lab's L, against the true colours; with --degrade, "
         "the film's gray is then damaged as an old print (default: Lab's L)",
+    )
+    ev.add_argument(
+        "--hints",
+        type=int,
+        default=0,
+        metavar="N",
+        help="give a hint-aware model N colour hints per photo, points of its true colours "
+        "(the same for an id on every run), and score it beside its automatic self and the "
+        "gray baseline, with its ab error at the points (default 0: none)",
     )
     ev.set_defaults(func=_evaluate)
 

@@ -9,10 +9,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+import models
 from flows.colorize import ConfigError, check_model
+from models import nets
 from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, SourceError, list_shards
 from pipeline.colorize.runner import ensure_ray
+from pipeline.colorize.worker import resolve_model
 from pipeline.imaging.degrade import FILMS
 from pipeline.training.config import check_fold, check_holdout
 from pipeline.training.evaluate import (
@@ -22,6 +25,13 @@ from pipeline.training.evaluate import (
     merge_evaluations,
     write_evaluation,
 )
+
+MAX_EVALUATION_HINTS = 256
+
+
+def takes_hints(model: str) -> bool:
+    with resolve_model(model) as path:
+        return nets.takes_hints(str(models.read_card(path)["config"]["arch"]))
 
 
 @task(cache_policy=NO_CACHE)
@@ -35,6 +45,7 @@ def evaluate_shards(
     holdout: str,
     degrade: bool,
     film: str | None,
+    hints: int,
     columns: ColumnNames,
     temperature: float | None,
     chroma_gain: float | None,
@@ -56,6 +67,7 @@ def evaluate_shards(
             holdout=holdout,
             degrade=degrade,
             film=film,
+            hints=hints,
             columns=columns,
             temperature=temperature,
             chroma_gain=chroma_gain,
@@ -82,6 +94,7 @@ def evaluate_model(
     holdout: str = "",
     degrade: bool = False,
     film: str | None = None,
+    hints: int = 0,
     temperature: float | None = None,
     chroma_gain: float | None = None,
     flip_average: bool | None = None,
@@ -96,7 +109,9 @@ def evaluate_model(
     old-print versions of the photos; FILM (a name of pipeline.imaging.degrade.FILMS) the
     photos as shot on that film: its gray is the L both the model and the gray baseline see
     (then damaged, with DEGRADE), scored against the true colours. TEMPERATURE and CHROMA_GAIN
-    decode otherwise than the model's card says."""
+    decode otherwise than the model's card says. HINTS N > 0 gives a hint-aware model N hint
+    points per photo drawn from its true colours (a fixed seed per id) and scores it beside
+    its automatic self (no hints) and the gray baseline, with its ab error at the points."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if film is not None and film not in FILMS:
@@ -113,8 +128,18 @@ def evaluate_model(
         check_holdout(holdout)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if not 0 <= hints <= MAX_EVALUATION_HINTS:
+        raise ConfigError(
+            f"--hints must be a number of hint points per photo in 0..{MAX_EVALUATION_HINTS} "
+            f"(0: none), got {hints}"
+        )
     storage.configure(s3_endpoint_url)
     check_model(model)
+    if hints and not takes_hints(model):
+        raise ConfigError(
+            f"--hints {hints}: model {model!r} takes no colour hints; evaluate a hint-aware "
+            "model (architecture ending in -hints, trained with `train --hints`)"
+        )
     ensure_ray(ray_address)
     evaluation = evaluate_shards(
         source,
@@ -126,6 +151,7 @@ def evaluate_model(
         holdout,
         degrade,
         film,
+        hints,
         ColumnNames(image_column, id_column),
         temperature,
         chroma_gain,

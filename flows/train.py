@@ -49,6 +49,7 @@ from pipeline.colorize.worker import model_id, resolve_model
 from pipeline.review import report
 from pipeline.review.artifact import artifact_from_files
 from pipeline.training.config import (
+    ARCHITECTURES,
     HINTS_SUFFIX,
     OPTIONS,
     TrainConfig,
@@ -117,10 +118,12 @@ def init_mismatch(card: dict[str, Any], config: TrainConfig) -> str | None:
     """Why the model whose card is CARD cannot be fine-tuned with CONFIG (None: it can)."""
     arch = card["config"]["arch"]
     if arch not in (config.arch, config.arch.removesuffix(HINTS_SUFFIX)):
+        hinted = f"{arch}{HINTS_SUFFIX}"
         return (
             f"--init {config.init!r} is a {arch} model and --arch is {config.arch}: a fine-tune "
-            f"keeps the init model's architecture (or adds hints to it); pass --arch {arch} "
-            f"or {arch}{HINTS_SUFFIX}, or drop --init"
+            f"keeps the init model's architecture; pass --arch {arch} (the init model's"
+            + (f", or {hinted} to add colour hints to it)" if hinted in ARCHITECTURES else ")")
+            + " or drop --init"
         )
     centers, ours = torch.tensor(card["centers"]), models.gamut_bin_centers()
     if centers.shape != ours.shape or not torch.allclose(centers, ours, atol=1e-4):

@@ -39,8 +39,8 @@ class Colorizer(nn.Module):
         super().__init__()
         q = centers.shape[0]
         self.arch = arch
-        self.net = make_net(arch, q)
         self.register_buffer("centers", centers.to(torch.float32).clone())
+        self.net = make_net(arch, self.centers)
         uniform = torch.full((q,), 1.0 / q)
         self.register_buffer(
             "prior", (uniform if prior is None else prior).to(torch.float32).clone()

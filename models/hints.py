@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 AB_SCALE = 110.0  # ab / AB_SCALE: the planes' a and b in about [-1, 1]
@@ -82,6 +83,47 @@ def simulated_planes(
             planes[i, 2, y : y + size, x : x + size] = 1.0
         planes[i, :2] /= AB_SCALE
     return planes
+
+
+SPREAD = 0.1  # a hint's reach: a Gaussian of this share of the grid's short side...
+TONE = 0.08  # ...and of this difference of centred L (8 L units): it stops at edges
+
+
+def propagate(planes: Tensor, lightness: Tensor) -> Tensor:
+    """Sparse hint planes (N, 3, h, w) and the net's centred L (N, 1, H, W) -> dense planes:
+    every cell's hint colour (the hints' ab averaged with weights falling with distance and
+    with difference of L from the hint's cell, an edge-aware spread) and its confidence (the
+    largest weight: 1 on a hint, 0 far from any or across an edge). Cells without a hint near
+    get ab 0 and confidence 0: a net given no hints sees zeros, as in training."""
+    n, _, h, w = planes.shape
+    tone = F.adaptive_avg_pool2d(lightness, (h, w)).flatten(1)  # (N, h*w)
+    rows = torch.arange(h, device=planes.device, dtype=planes.dtype)
+    cols = torch.arange(w, device=planes.device, dtype=planes.dtype)
+    ys, xs = torch.meshgrid(rows, cols, indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    reach = SPREAD * min(h, w)
+    out = torch.zeros_like(planes)
+    for i in range(n):
+        hinted = torch.nonzero(planes[i, 2].flatten() > 0).flatten()
+        if hinted.numel() == 0:
+            continue
+        far = ((ys[None] - ys[hinted, None]) ** 2 + (xs[None] - xs[hinted, None]) ** 2) / reach**2
+        unlike = (tone[i][None] - tone[i, hinted, None]) ** 2 / TONE**2
+        weight = torch.exp(-0.5 * (far + unlike))  # (K, h*w)
+        ab = planes[i, :2].flatten(1)[:, hinted]  # (2, K)
+        total = weight.sum(0).clamp(min=1e-12)
+        out[i, :2] = (ab @ weight / total).view(2, h, w)
+        out[i, 2] = weight.amax(0).view(h, w)
+    return out
+
+
+def logit_bias(dense: Tensor, centers: Tensor, width: float = 10.0) -> Tensor:
+    """Dense planes (N, 3, h, w) -> (N, Q, h, w): the hint colour's log-kernel over the ab bins
+    (a Gaussian of `width` ab units around it), times the confidence: added to the logits (by
+    a learned gain), it puts the mass of a confident cell on its hint's bins."""
+    ab = dense[:, :2] * AB_SCALE  # (N, 2, h, w)
+    d2 = ((centers[None, :, :, None, None] - ab[:, None]) ** 2).sum(2)  # (N, Q, h, w)
+    return -0.5 * d2 / width**2 * dense[:, 2:3]
 
 
 def pooled(planes: Tensor, factor: int) -> Tensor:

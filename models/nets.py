@@ -19,9 +19,11 @@ wide-context convs at 1/16 as the paper's blocks 5-6, and a global scene vector 
 ImageNet head mixed in at the top) and "plain" (one conv a scale, fewer channels: less to
 fit when the training photos are few; "slim" is it at half the channels). The architecture's
 name is `<encoder>` for the context decoder, `<encoder>-plain` or `<encoder>-slim` for the
-others; `-hints` after it makes the net hint-aware (models/hints.py): the hint planes enter the
-decoder at each of its four scales, each through a small conv branch whose last layer starts
-at zero, so that the net starts as the automatic net it is initialised from, hints or none.
+others; `-hints` after it makes the net hint-aware (models/hints.py): the hints, spread over
+the output grid by distance and likeness of L (`hints.propagate`), enter the decoder at each
+of its four scales through a small conv branch, and the logits as a gain times their colour's
+log-kernel over the bins; the branches' last layers and the gain start at zero, so that the
+net starts as the automatic net it is initialised from, hints or none.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class LiteColorNet(nn.Module):
         decoder: str = "context",
         trainable_stages: int = 0,
         dropout: float = 0.1,
-        hints: bool = False,
+        hint_centers: Tensor | None = None,
     ) -> None:
         super().__init__()
         c4, c8, c16, c32 = feature_channels(encoder)
@@ -141,10 +143,14 @@ class LiteColorNet(nn.Module):
             self.up8 = nn.Sequential(*conv_bn_relu(d16 + c8, d8))
             self.up4 = nn.Sequential(*conv_bn_relu(d8 + c4, d4))
         self.classify = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(d4, num_bins, 1))
-        # hint-aware: one branch per decoder scale (1/32, 1/16, 1/8, 1/4), added to its output
-        self.hint_branches = (
-            nn.ModuleList(hint_branch(c) for c in (d32, d16, d8, d4)) if hints else None
-        )
+        # hint-aware (given the ab bins' centres): one branch per decoder scale (1/32, 1/16,
+        # 1/8, 1/4) added to its output, and a gain on the hint colour's log-kernel over the
+        # bins added to the logits; all start at zero
+        self.hint_branches: nn.ModuleList | None = None
+        if hint_centers is not None:
+            self.hint_branches = nn.ModuleList(hint_branch(c) for c in (d32, d16, d8, d4))
+            self.hint_gain = nn.Parameter(torch.zeros(()))
+            self.register_buffer("hint_centers", hint_centers.clone(), persistent=False)
         self.set_trainable_stages(trainable_stages)
 
     def set_trainable_stages(self, count: int) -> None:
@@ -166,7 +172,17 @@ class LiteColorNet(nn.Module):
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+        """The decoder's and classifier's (not the hint branches')."""
+        return [
+            p
+            for n, p in self.named_parameters()
+            if not n.startswith(("encoder.", "hint_"))
+        ]
+
+    def hint_parameters(self) -> list[nn.Parameter]:
+        if self.hint_branches is None:
+            return []
+        return [*self.hint_branches.parameters(), self.hint_gain]
 
     def train(self, mode: bool = True) -> LiteColorNet:
         super().train(mode)
@@ -185,26 +201,36 @@ class LiteColorNet(nn.Module):
         if self.context is not None:
             scene = self.context(self.encoder.head(f32).mean(dim=(2, 3)))
             f32 = torch.cat([f32, scene[:, :, None, None].expand(-1, -1, *f32.shape[2:])], 1)
-        x = self.with_hints(0, self.top(f32), hints)
-        x = self.with_hints(1, self.up16(torch.cat([upsample(x, f16), f16], 1)), hints)
-        x = self.with_hints(2, self.up8(torch.cat([upsample(x, f8), f8], 1)), hints)
-        x = self.with_hints(3, self.up4(torch.cat([upsample(x, f4), f4], 1)), hints)
-        return self.classify(x)
+        dense = self.spread_hints(hints, lightness, f4)
+        x = self.with_hints(0, self.top(f32), dense)
+        x = self.with_hints(1, self.up16(torch.cat([upsample(x, f16), f16], 1)), dense)
+        x = self.with_hints(2, self.up8(torch.cat([upsample(x, f8), f8], 1)), dense)
+        x = self.with_hints(3, self.up4(torch.cat([upsample(x, f4), f4], 1)), dense)
+        logits = self.classify(x)
+        if dense is not None:
+            centers = self.hint_centers
+            assert isinstance(centers, Tensor)
+            logits = logits + self.hint_gain * hint_planes.logit_bias(dense, centers)
+        return logits
 
-    def with_hints(self, scale: int, x: Tensor, hints: Tensor | None) -> Tensor:
-        """A decoder scale's output plus its hint branch's reading of the hints pooled to it."""
+    def spread_hints(self, hints: Tensor | None, lightness: Tensor, f4: Tensor) -> Tensor | None:
+        """Sparse hint planes -> dense ones on the output grid (`hints.propagate`); None for
+        an automatic net (which refuses hints)."""
         if self.hint_branches is None:
             if hints is not None and bool(hints[:, 2].any()):
                 raise ValueError("this network takes no hints (its architecture has no -hints)")
-            return x
+            return None
         if hints is None:
-            hints = hint_planes.no_hints(x.shape[0], x.shape[2] << (3 - scale),
-                                         x.shape[3] << (3 - scale), x.device)  # fmt: skip
-        factor = max(1, hints.shape[-1] // x.shape[-1])
-        coarse = hint_planes.pooled(hints.to(x.dtype), factor)
-        if coarse.shape[2:] != x.shape[2:]:
-            coarse = F.interpolate(coarse, size=x.shape[2:], mode="nearest")
-        return x + self.hint_branches[scale](coarse)
+            return hint_planes.no_hints(f4.shape[0], f4.shape[2], f4.shape[3], f4.device)
+        return hint_planes.propagate(hints.float(), lightness.float()).to(f4.dtype)
+
+    def with_hints(self, scale: int, x: Tensor, dense: Tensor | None) -> Tensor:
+        """A decoder scale's output plus its hint branch's reading of the dense hint planes
+        averaged to its size."""
+        if self.hint_branches is None or dense is None:
+            return x
+        size = (int(x.shape[2]), int(x.shape[3]))
+        return x + self.hint_branches[scale](F.adaptive_avg_pool2d(dense, size))
 
 
 def hint_branch(channels: int, width: int = 32) -> nn.Sequential:
@@ -244,10 +270,13 @@ def automatic_arch(arch: str) -> str:
     return arch.removesuffix(HINTS_SUFFIX)
 
 
-def make_net(arch: str, num_bins: int) -> nn.Module:
+def make_net(arch: str, centers: Tensor) -> nn.Module:
+    """The network ARCH over the ab bins CENTERS (Q, 2) (a hint-aware net reads them)."""
+    num_bins = centers.shape[0]
     if automatic_arch(arch) in LITE_ARCHITECTURES:
         encoder, decoder = LITE_ARCHITECTURES[automatic_arch(arch)]
-        return LiteColorNet(num_bins, encoder, decoder, hints=takes_hints(arch))
+        hinted = centers if takes_hints(arch) else None
+        return LiteColorNet(num_bins, encoder, decoder, hint_centers=hinted)
     if arch not in ECCV16_WIDTHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHITECTURES)}")
     return ECCV16Net(num_bins, width=ECCV16_WIDTHS[arch])

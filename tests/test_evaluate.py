@@ -105,3 +105,51 @@ def test_set_rebalanced_auc_is_the_same_from_three_shards_as_from_one(
     assert three["uncertainty"]["images"] == one["uncertainty"]["images"] == 6
     assert three["uncertainty"]["spearman"] is not None
     assert math.isclose(three["uncertainty"]["spearman"], one["uncertainty"]["spearman"])
+
+
+@pytest.mark.slow
+def test_evaluate_hints_scores_the_hinted_model_beside_its_automatic_self(
+    tmp_path: Path,
+    photo_folder: Path,
+    model_path: str,
+    ray_local,  # noqa: F811
+):
+    """`evaluate --hints N` (issue 30): the shipped hint-aware model given 10 points of each
+    photo's true colours is scored beside itself given none and the gray baseline; the hints
+    lift PSNR and its output at the points is near their colours; the same points every run."""
+    packed = tmp_path / "packed"
+    pack_images(str(photo_folder), str(packed), shard_size=6)
+    runs = {
+        n: evaluate_model(str(packed), model=model_path, out=str(tmp_path / f"h{n}"),
+                          split="all", hints=n)  # fmt: skip
+        for n in (0, 10)
+    }
+    plain, hinted = runs[0], runs[10]
+    assert "automatic" not in plain["metrics"]["psnr"] and plain["hint_error"]["points"] == 0
+    for name in ("psnr", "auc_rebalanced", "auc"):  # "automatic" is the model with no hints
+        assert hinted["metrics"][name]["automatic"] == pytest.approx(
+            plain["metrics"][name]["model"], rel=1e-6
+        )
+    assert hinted["hints"] == 10 and hinted["hint_error"]["points"] == 60
+    psnr = hinted["metrics"]["psnr"]
+    assert psnr["model"] > psnr["automatic"] + 0.5, psnr
+    assert hinted["hint_error"]["median"] < 10, hinted["hint_error"]
+    markdown = (tmp_path / "h10" / "evaluation.md").read_text()
+    assert "| metric | model | automatic | gray baseline |" in markdown
+    again = evaluate_model(str(packed), model=model_path, out=str(tmp_path / "again"),
+                           split="all", hints=10)  # fmt: skip
+    assert again["metrics"]["psnr"]["model"] == pytest.approx(psnr["model"], rel=1e-6)
+
+
+def test_evaluate_hints_refuses_a_model_without_hints_and_bad_counts(
+    tmp_path: Path, photo_folder: Path
+):
+    from flows.colorize import ConfigError
+
+    small = tmp_path / "small.safetensors"
+    models.save(models.build("small"), small)
+    with pytest.raises(ConfigError, match="takes no colour hints; evaluate a hint-aware model"):
+        evaluate_model.fn(str(photo_folder), model=str(small), out=str(tmp_path / "o"), hints=3)
+    with pytest.raises(ConfigError, match="--hints must be a number of hint points per photo"):
+        evaluate_model.fn(str(photo_folder), model=str(small), out=str(tmp_path / "o"), hints=-1)
+    assert not (tmp_path / "o").exists()

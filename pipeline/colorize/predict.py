@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models import Colorizer
+from models.hints import Hint
+from pipeline.colorize.hints import batch_planes
 from pipeline.imaging import decode_cpu
 from pipeline.imaging.color import lab_to_rgb
 from pipeline.imaging.images import decode_pil, rgb_to_pil
@@ -53,14 +55,18 @@ def predict_low(
     lightness: Sequence[np.ndarray],
     temperature: float | None = None,
     precision: str = "fp32",
+    hints: Sequence[Sequence[Hint]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size and each
     image's uncertainty (N,), on its device: `working_batch`, then `predict_working`.
+    `hints`: each image's colour hints, for a hint-aware model (None or empty lists: none).
 
     The batched step; `finish` then works image by image (a worker runs it in its threads).
     """
     batch = working_batch(lightness, model.working_size, model.device)
-    return predict_working(model, batch, temperature, precision)
+    grid = model.working_size // 4  # the network's output grid, where hints are placed
+    planes = None if hints is None else batch_planes(hints, grid, grid, model.device)
+    return predict_working(model, batch, temperature, precision, planes)
 
 
 @torch.inference_mode()
@@ -69,15 +75,17 @@ def predict_working(
     batch: torch.Tensor,
     temperature: float | None = None,
     precision: str = "fp32",
+    hints: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's input (N, 1, s, s) on its device -> (ab (N, 2, h, w), uncertainty (N,)).
+    `hints`: hint planes (N, 3, s/4, s/4) for a hint-aware model (models/hints.py).
     `precision` "bf16"/"fp16" runs the network (not the decoding) in that type under autocast,
     on CUDA only: on this project's CPUs bf16 is hundreds of times slower than fp32, so a CPU
     keeps fp32."""
     dtype = PRECISIONS[precision]
     on_cuda = model.device.type == "cuda"
     with torch.autocast("cuda", dtype=dtype, enabled=on_cuda and dtype is not None):
-        logits = model.logits(batch)
+        logits = model.logits(batch, hints)
     if model.device.type == "cpu":  # the same decoding in one pass instead of ten
         t = model.temperature if temperature is None else temperature
         ab, doubt = decode_cpu.decode(logits, model.centers, t, batch)

@@ -63,6 +63,7 @@ class TrainConfig:
     # a geometric number of them, `hint_points` on average; the rest get none
     hints: float = 0.0
     hint_points: float = 8.0
+    hint_lr_scale: float = 10.0  # the hint branches' learning rate, relative to --lr (new)
     stamps: str = (
         ""  # folder or s3:// prefix of photographic cut-outs (pipeline/training/stamps.py)
     )

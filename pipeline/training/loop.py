@@ -166,9 +166,12 @@ def train_step(
 def make_optimizer(net: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam; a pretrained encoder's trainable stages form their own group ("encoder")."""
     if isinstance(net, LiteColorNet):
-        groups = [{"params": net.decoder_parameters(), "name": "decoder"}]
+        groups: list[dict[str, Any]] = [{"params": net.decoder_parameters(), "name": "decoder"}]
         if net.encoder_parameters():
             groups.append({"params": net.encoder_parameters(), "name": "encoder"})
+        if net.hint_parameters():  # no decay: a hint touches few pixels, its gradient is small
+            # and Adam's L2 term would hold the zero-started branches at zero
+            groups.append({"params": net.hint_parameters(), "name": "hints", "weight_decay": 0.0})
     else:
         groups = [{"params": list(net.parameters()), "name": "decoder"}]
     return torch.optim.Adam(
@@ -182,6 +185,8 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, config: TrainConfig, st
         scale = 1.0
         if group.get("name") == "encoder":
             scale = config.encoder_lr_scale if step >= config.unfreeze_at else 0.0
+        elif group.get("name") == "hints":
+            scale = config.hint_lr_scale
         group["lr"] = learning_rate(config, step) * scale
 
 
@@ -192,7 +197,7 @@ def init_net(
     net; else ImageNet's in a pretrained encoder), and what trains."""
     if init is not None:  # a hint-aware net from its automatic self: the hint branches new
         missing = colorizer.net.load_state_dict(init, strict=not colorizer.takes_hints)
-        unexpected = [k for k in missing.missing_keys if not k.startswith("hint_branches.")]
+        unexpected = [k for k in missing.missing_keys if not k.startswith("hint_")]
         if unexpected or missing.unexpected_keys:
             raise ValueError(f"--init's weights do not fit {config.arch}: {missing}")
     if isinstance(colorizer.net, LiteColorNet):
