@@ -120,10 +120,10 @@ def test_evaluate_hints_scores_the_hinted_model_beside_its_automatic_self(
     packed = tmp_path / "packed"
     pack_images(str(photo_folder), str(packed), shard_size=6)
     runs = {
-        n: evaluate_model(str(packed), model=model_path, out=str(tmp_path / f"h{n}"),
-                          split="all", hints=n)  # fmt: skip
+        n: evaluate_model(str(packed), model=model_path, out=str(tmp_path / f"h{n}"), split="all",
+                          hints=n)
         for n in (0, 10)
-    }
+    }  # fmt: skip
     plain, hinted = runs[0], runs[10]
     assert "automatic" not in plain["metrics"]["psnr"] and plain["hint_error"]["points"] == 0
     for name in ("psnr", "auc_rebalanced", "auc"):  # "automatic" is the model with no hints
