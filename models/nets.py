@@ -207,7 +207,7 @@ class LiteColorNet(nn.Module):
         x = self.with_hints(2, self.up8(torch.cat([upsample(x, f8), f8], 1)), dense)
         x = self.with_hints(3, self.up4(torch.cat([upsample(x, f4), f4], 1)), dense)
         logits = self.classify(x)
-        if dense is not None:
+        if dense is not None and bool(dense[:, 2].any()):  # (the bias is 0 with no hints)
             centers = self.hint_centers
             assert isinstance(centers, Tensor)
             logits = logits + self.hint_gain * hint_planes.logit_bias(dense, centers)
