@@ -46,6 +46,7 @@ def _colorize(args: argparse.Namespace) -> int:
         show_progress=True,
         recolorize=args.recolorize,
         add_source=args.add_source,
+        hints=args.hints,
     )
     _print_summary(result, args.dest)
     failed = bool(result["shards"]["failed"])
@@ -354,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="SOURCE is not the one DEST was made from (DEST/_manifest.json): add it to DEST on "
         "purpose, its shards and ids named in a namespace of its own (without it, such a run "
         "refuses and writes nothing)",
+    )
+    col.add_argument(
+        "--hints",
+        metavar="FILE",
+        default=None,
+        help="a hints file (local or s3://; the review gallery downloads one): colour hints "
+        'per row id, {"<id>": [{"x": 0.42, "y": 0.31, "rgb": "#8a2a1e", "r": 0.01}]} (x, y: '
+        "shares of the width and height; r, optional: of the short side). Colorizes again "
+        "exactly the shards holding those ids, with their hints, and nothing else; DEST keeps "
+        "the hints (DEST/_hints.json) for every later run. Needs a hint-aware model",
     )
     col.add_argument("--in-flight", type=int, default=2, help="shards queued per actor (default 2)")
     col.add_argument("--max-attempts", type=int, default=3, help="tries per shard (default 3)")

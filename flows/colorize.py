@@ -23,9 +23,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 import models
-from pipeline.archive import manifest, storage
-from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shards
+from models.nets import takes_hints
+from pipeline.archive import hint_record, manifest, storage
+from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shards, shard_ids
 from pipeline.archive.stats import ShardStats
+from pipeline.colorize.hints import HintsError, load_document
 from pipeline.colorize.runner import ActorPool, ActorSpec, ensure_ray, run_shards
 from pipeline.colorize.worker import ColorizeOptions, model_id, resolve_model
 from pipeline.imaging.images import DEFAULT_MAX_PIXELS
@@ -47,6 +49,7 @@ class Plan:
 class ModelFacts:
     id: str  # `worker.model_id`: what rows and DEST's manifest record
     temperature: float  # its own, from its card: the one in effect when none is given
+    takes_hints: bool = False  # a hint-aware model (`colorize --hints`)
 
 
 def check_model(model: str) -> ModelFacts:
@@ -54,7 +57,10 @@ def check_model(model: str) -> ModelFacts:
     try:
         with resolve_model(model) as path:
             card = models.read_card(path)
-            return ModelFacts(model_id(path), float(card["config"]["temperature"]))
+            config = card["config"]
+            return ModelFacts(
+                model_id(path), float(config["temperature"]), takes_hints(str(config["arch"]))
+            )
     except FileNotFoundError as exc:
         hint = "no trained default model is installed; " if model == "default" else ""
         raise ConfigError(f"{hint}cannot read model {model!r}: {exc}. Pass --model PATH") from exc
@@ -89,33 +95,66 @@ def plan_run(
     shard_size: int,
     recolorize: bool = False,
     add_source: bool = False,
+    hints_file: str | None = None,
 ) -> Plan:
     """Check the request and DEST's manifest (settings, then source) before anything is
     written; then list the shards and keep those not yet committed with the manifest's
-    settings. `source` is normalised (`storage.normalize`)."""
+    settings (and, for shards holding hinted ids, the hints in effect: archive/hint_record.py).
+    With `hints_file`, its hints are checked (ids in SOURCE, points, colours, a hint-aware
+    model) and join DEST's, and only the shards holding its ids are to do. `source` is
+    normalised (`storage.normalize`)."""
     try:
         options.validate()
-        settings = run_settings(check_model(model), options)
+        facts = check_model(model)
+        new_hints = read_hints_file(hints_file, facts, model) if hints_file else None
+        settings = run_settings(facts, options)
         committed = {s.shard: s for s in report.load_committed_stats(dest)}
         current, write_manifest = manifest.reconcile(
             dest, settings, list(committed.values()), recolorize
         )
         current, namespace, new_source = manifest.admit_source(dest, current, source, add_source)
-        shards = list_shards(source, dest, shard_size, namespace)
+        # with a hints file, the listing is frozen in DEST only once the file is found good
+        shards = list_shards(source, dest, shard_size, namespace, freeze=new_hints is None)
         check_made_from(dest, shards, committed)
-        check_columns(shards[0], ColumnNames(options.image_column, options.id_column))
+        columns = ColumnNames(options.image_column, options.id_column)
+        check_columns(shards[0], columns)
+        kept_hints = hint_record.read(dest)
+        in_effect = kept_hints
+        if new_hints is not None:
+            in_effect = hint_record.merged(kept_hints, new_hints)
+        if in_effect and not facts.takes_hints:
+            raise ConfigError(
+                f"DEST {dest} keeps colour hints ({hint_record.HINTS}) and model {model!r} "
+                "takes none: colorize it with a hint-aware model (the default is one)"
+            )
+        ids = {s.name: shard_ids(s, columns) for s in shards} if in_effect or new_hints else {}
+        hinted_shards = check_hinted_ids(new_hints, ids) if new_hints is not None else None
     except ConfigError:
         raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if new_hints is not None:
+        shards = list_shards(source, dest, shard_size, namespace)  # the same shards, frozen
     if write_manifest or new_source:
         manifest.write(dest, current)
-    done = {
-        s.name
-        for s in shards
-        if s.name in committed and manifest.is_current(committed[s.name], current)
-    }
+    if in_effect != kept_hints:  # a second identical --hints run writes nothing
+        hint_record.write(dest, in_effect)
+
+    def current_for(shard: Shard) -> bool:
+        stats = committed[shard.name]
+        shard_hints = hint_record.of_ids(in_effect, ids.get(shard.name, []))
+        if not shard_hints:
+            return manifest.is_current(stats, current)
+        want = hint_record.shard_settings_hash(
+            current["settings"], current["settings_hash"], shard_hints
+        )
+        return stats.settings == want
+
+    done = {s.name for s in shards if s.name in committed and current_for(s)}
     todo = [s for s in shards if s.name not in done]
+    if hinted_shards is not None:  # --hints: the shards of its ids, and nothing else
+        todo = [s for s in todo if s.name in hinted_shards]
+        done = {s.name for s in shards} - {s.name for s in todo}
     redo = sum(s.name in committed for s in todo)
     get_run_logger().info(
         "%d shards: %d already committed, %d to do (%d of them to redo with DEST's settings)",
@@ -125,6 +164,40 @@ def plan_run(
         redo,
     )
     return Plan(todo, sorted(done), current["settings"])
+
+
+def read_hints_file(hints_file: str, facts: ModelFacts, model: str) -> dict[str, Any]:
+    """The hints file's document, checked (pipeline/colorize/hints.py), for a model that takes
+    hints; else a ConfigError that names the problem (and the id)."""
+    if not facts.takes_hints:
+        raise ConfigError(
+            f"--hints: model {model!r} takes no colour hints; use a hint-aware model (the "
+            "default is one; `train --arch lite2-plain-hints --hints 0.5` makes one)"
+        )
+    try:
+        text = storage.read_bytes(hints_file)
+    except Exception as exc:
+        raise ConfigError(f"--hints {hints_file}: cannot read it ({exc})") from exc
+    try:
+        document, _ = load_document(text)
+    except HintsError as exc:
+        raise ConfigError(f"--hints {hints_file}: {exc}") from exc
+    return document
+
+
+def check_hinted_ids(new_hints: dict[str, Any], ids: dict[str, list[str]]) -> set[str]:
+    """The names of the shards holding the hints file's ids; an id in no shard of SOURCE is a
+    ConfigError naming it."""
+    where = {row_id: name for name, shard_rows in ids.items() for row_id in shard_rows}
+    unknown = sorted(set(new_hints) - set(where))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ConfigError(
+            f"--hints: {len(unknown)} id(s) of the hints file are not in SOURCE: {shown}. "
+            "Nothing was written. Ids are the rows' `id` (a folder's: the file's path under "
+            "it, as the gallery shows them)"
+        )
+    return {where[row_id] for row_id in new_hints}
 
 
 def check_made_from(dest: str, shards: list[Shard], committed: dict[str, ShardStats]) -> None:
@@ -265,6 +338,7 @@ def colorize_archive(
     show_progress: bool = False,
     recolorize: bool = False,
     add_source: bool = False,
+    hints: str | None = None,
 ) -> dict[str, Any]:
     """Colorize every image of SOURCE (Parquet shards or image files, local or s3://) into
     DEST: one output shard per input shard, committed by its stats file; re-runs resume.
@@ -274,7 +348,11 @@ def colorize_archive(
     ones refuses before it writes anything (ConfigError), unless `recolorize`, which makes them
     DEST's and redoes every shard, each replaced when its new output commits. It records the
     SOURCE too: a run from another refuses the same way, unless `add_source`, which adds it
-    to DEST in a namespace of its own (pipeline/archive/shards.py)."""
+    to DEST in a namespace of its own (pipeline/archive/shards.py).
+
+    HINTS: a hints file (local or s3://; pipeline/colorize/hints.py) of colour hints per row
+    id: they join those DEST keeps (DEST/_hints.json) and only the shards holding its ids are
+    colorized again, each replaced whole when its new output commits."""
     started = time.perf_counter()
     storage.configure(s3_endpoint_url)
     source = storage.normalize(source)  # one spelling, as DEST's manifest records it
@@ -289,7 +367,7 @@ def colorize_archive(
         metrics_max_side=metrics_max_side,
         precision=precision,
     )
-    plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source)
+    plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source, hints)
     ensure_ray(ray_address)
     if precision != "fp32" and not ray.cluster_resources().get("GPU"):
         get_run_logger().warning(

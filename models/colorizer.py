@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from models.bins import gamut_bin_centers
 from models.decode import DEFAULT_TEMPERATURE, annealed_mean_from_logits, uncertainty
+from models.hints import honoured
 from models.nets import make_net, takes_hints
 from models.targets import rebalance_weights
 
@@ -108,6 +109,13 @@ class Colorizer(nn.Module):
         t = self.temperature if temperature is None else temperature
         ab = annealed_mean_from_logits(logits, self.centers, t)
         return self.with_gain(ab), uncertainty(logits, lightness, self.centers, t)
+
+    def with_hints(self, ab: Tensor, hints: Tensor | None, lightness: Tensor) -> Tensor:
+        """The decoded ab (after the gain) honouring the hint planes, if any
+        (`hints.honoured`; `lightness` the network's input L, 0-100)."""
+        if hints is None or not bool(hints[:, 2].any()):
+            return ab
+        return honoured(ab, hints, (lightness - self.l_center) / self.l_scale)
 
     def with_gain(self, ab: Tensor) -> Tensor:
         """The decoded ab times the chroma gain (every decoding path ends here)."""

@@ -117,6 +117,21 @@ def propagate(planes: Tensor, lightness: Tensor) -> Tensor:
     return out
 
 
+# the decoded ab is pulled to the hint field by confidence ** this (1: the best of 1, 2, 4 on
+# group-1's held-out sources, docs/training.md)
+BLEND_POWER = 1.0
+
+
+def honoured(ab: Tensor, planes: Tensor, lightness: Tensor) -> Tensor:
+    """The decoded ab (N, 2, h, w) pulled towards the hints' spread colour (`propagate`) in
+    proportion to its confidence to a power: on a hint's cell, the hint's colour exactly;
+    away from it, or across an edge, the network's. What the archivist said stays said, even
+    for a colour the network finds unlikely."""
+    dense = propagate(planes.float(), lightness.float())
+    weight = dense[:, 2:3] ** BLEND_POWER
+    return ab + weight * (dense[:, :2] * AB_SCALE - ab)
+
+
 def logit_bias(dense: Tensor, centers: Tensor, width: float = 10.0) -> Tensor:
     """Dense planes (N, 3, h, w) -> (N, Q, h, w): the hint colour's log-kernel over the ab bins
     (a Gaussian of `width` ab units around it), times the confidence: added to the logits (by

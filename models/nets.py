@@ -173,11 +173,7 @@ class LiteColorNet(nn.Module):
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """The decoder's and classifier's (not the hint branches')."""
-        return [
-            p
-            for n, p in self.named_parameters()
-            if not n.startswith(("encoder.", "hint_"))
-        ]
+        return [p for n, p in self.named_parameters() if not n.startswith(("encoder.", "hint_"))]
 
     def hint_parameters(self) -> list[nn.Parameter]:
         if self.hint_branches is None:

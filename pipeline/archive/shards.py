@@ -48,6 +48,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("auc_rebalanced", pa.float64()),
         ("uncertainty", pa.float64()),  # the network's doubt, 0-1 (models.decode.uncertainty)
         ("model", pa.string()),
+        ("hints", pa.int32()),  # colour hints it was colorized with (archive/hint_record.py)
     ]
 )
 
@@ -74,9 +75,12 @@ class Shard:
         return storage.join(dest, SAMPLES_DIR, f"{self.name}.png")
 
 
-def list_shards(source: str, dest: str, shard_size: int = 256, namespace: str = "") -> list[Shard]:
+def list_shards(
+    source: str, dest: str, shard_size: int = 256, namespace: str = "", freeze: bool = True
+) -> list[Shard]:
     """The shards of an archive: its Parquet files, else its image files in chunks; named in
-    `namespace` when DEST gave its source one."""
+    `namespace` when DEST gave its source one. `freeze` False: a new listing of files is not
+    written to DEST (a request still being checked)."""
     if shard_size < 1:
         raise SourceError(f"--shard-size must be >= 1, got {shard_size}")
     if not storage.source_exists(source):
@@ -98,7 +102,7 @@ def list_shards(source: str, dest: str, shard_size: int = 256, namespace: str = 
         raise SourceError(
             f"source {source!r} has no Parquet files and no images ({', '.join(IMAGE_SUFFIXES)})"
         )
-    return _file_shards(source, dest, images, shard_size, namespace)
+    return _file_shards(source, dest, images, shard_size, namespace, freeze)
 
 
 def _named(namespace: str, name: str) -> str:
@@ -106,7 +110,7 @@ def _named(namespace: str, name: str) -> str:
 
 
 def _file_shards(
-    source: str, dest: str, images: list[str], shard_size: int, namespace: str
+    source: str, dest: str, images: list[str], shard_size: int, namespace: str, freeze: bool
 ) -> list[Shard]:
     listing_uri = storage.join(dest, _named(namespace, LISTING))
     frozen: list[dict[str, Any]] = []
@@ -121,7 +125,8 @@ def _file_shards(
         for i in range(0, len(new), shard_size):
             frozen.append({"name": f"files-{len(frozen):05d}", "files": new[i : i + shard_size]})
         doc = {"source": storage.normalize(source), "shard_size": shard_size, "shards": frozen}
-        storage.write_bytes(listing_uri, json.dumps(doc, indent=1).encode())
+        if freeze:
+            storage.write_bytes(listing_uri, json.dumps(doc, indent=1).encode())
     return [
         Shard(_named(namespace, s["name"]), "files", source, tuple(s["files"]), namespace)
         for s in frozen
@@ -213,6 +218,19 @@ def read_batches(shard: Shard, columns: ColumnNames, batch_rows: int) -> Iterato
             meta = table.drop_columns([columns.image])
         row += table.num_rows
         yield RowBatch(ids, [_const(b) for b in images], meta)
+
+
+def shard_ids(shard: Shard, columns: ColumnNames) -> list[str]:
+    """The row ids a shard's output will have, as `read_batches` names them (reads only the id
+    column of a Parquet shard)."""
+    if shard.kind == "files":
+        return [_named(shard.namespace, f) for f in shard.files]
+    fs, path = storage.arrow_fs(shard.uri)
+    pfile = pq.ParquetFile(path, filesystem=fs)
+    if columns.id in pfile.schema_arrow.names:
+        values = pfile.read(columns=[columns.id]).column(columns.id).to_pylist()
+        return [_named(shard.namespace, str(v)) for v in values]
+    return [f"{shard.name}:{i}" for i in range(pfile.metadata.num_rows)]
 
 
 def _no_columns(n: int) -> pa.Table:

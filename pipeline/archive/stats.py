@@ -116,6 +116,7 @@ class ShardStats:
     # ok images whose metadata of a kind (exif, iptc, xmp, icc, dpi) was damaged and dropped
     metadata_dropped: dict[str, int] = field(default_factory=dict)
     settings: str = ""  # the hash of the DEST manifest's settings it was made with (manifest.py)
+    hinted: int = 0  # rows colorized with colour hints (archive/hint_record.py)
 
     def add_ok(self, metrics: dict[str, float], metadata_dropped: Iterable[str] = ()) -> None:
         self.rows += 1
@@ -149,6 +150,7 @@ class ShardStats:
             "device": self.device,
             "metadata_dropped": dict(sorted(self.metadata_dropped.items())),
             "settings": self.settings,
+            "hinted": self.hinted,
         }
 
     @classmethod
@@ -171,4 +173,5 @@ class ShardStats:
             device=data.get("device", ""),
             metadata_dropped=dict(data.get("metadata_dropped", {})),
             settings=data.get("settings", ""),
+            hinted=data.get("hinted", 0),
         )

@@ -86,18 +86,29 @@ def parse_hints(document: Any) -> HintsById:
     for row_id, points in document.items():
         if not isinstance(points, Sequence) or isinstance(points, str):
             raise HintsError(f"hints file: id {row_id!r}: expected a list of points")
-        out[str(row_id)] = [parse_point(row_id, i, p) for i, p in enumerate(points)]
+        out[str(row_id)] = parse_points(row_id, points)
     if not out:
         raise HintsError("hints file: it names no id; there is nothing to colorize again")
     return out
 
 
 def loads(text: str | bytes) -> HintsById:
+    return load_document(text)[1]
+
+
+def load_document(text: str | bytes) -> tuple[dict[str, list[dict[str, Any]]], HintsById]:
+    """A hints file's text -> (its document as given, checked; the parsed hints)."""
     try:
         document = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HintsError(f"hints file: not JSON ({exc})") from exc
-    return parse_hints(document)
+    parsed = parse_hints(document)
+    return {str(k): list(v) for k, v in document.items()}, parsed
+
+
+def parse_points(row_id: str, points: Sequence[Any]) -> list[Hint]:
+    """One id's points (as a hints file or DEST's record holds them) -> its hints."""
+    return [parse_point(row_id, i, p) for i, p in enumerate(points)]
 
 
 def batch_planes(

@@ -89,8 +89,9 @@ def predict_working(
     if model.device.type == "cpu":  # the same decoding in one pass instead of ten
         t = model.temperature if temperature is None else temperature
         ab, doubt = decode_cpu.decode(logits, model.centers, t, batch)
-        return model.with_gain(ab), doubt
-    return model.decode(logits.float(), batch, temperature)
+        return model.with_hints(model.with_gain(ab), hints, batch), doubt
+    ab, doubt = model.decode(logits.float(), batch, temperature)
+    return model.with_hints(ab, hints, batch), doubt
 
 
 def predict_low_ab(

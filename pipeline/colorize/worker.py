@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 import models
-from pipeline.archive import manifest, storage
+from models.hints import Hint
+from pipeline.archive import hint_record, manifest, storage
 from pipeline.archive.shards import (
     OUTPUT_SCHEMA,
     ColumnNames,
@@ -37,6 +38,7 @@ from pipeline.archive.shards import (
     read_batches,
 )
 from pipeline.archive.stats import ShardStats
+from pipeline.colorize.hints import batch_planes, parse_points
 from pipeline.colorize.predict import (
     PRECISIONS,
     finish,
@@ -164,6 +166,7 @@ class _Item:
     output: Image.Image | np.ndarray | None = None  # the RGB output: 8-bit image, 16-bit array
     source: bytes | None = None  # the input's bytes, where a browser shows them as they are
     uncertainty: float | None = None  # the network's, from the same forward (models.decode)
+    hints: list[Hint] = field(default_factory=list)  # the colour hints in effect for its id
 
 
 @dataclass
@@ -234,6 +237,9 @@ class ShardColorizer:
         # replacing a committed shard (a recolorize): its gallery images are swapped atomically,
         # as the shard's old output stays whole until the new one commits
         replacing = storage.exists(shard.stats_uri(dest))
+        # the colour hints in effect in DEST (archive/hint_record.py): its ids' are applied
+        in_effect = hint_record.read(dest)
+        seen: list[str] = []
         stats.node, stats.device = self.node, str(self.device)
         writer = ShardWriter(shard.output_uri(dest), storage.local_staging_dir(dest))
         samples: list[Image.Image] = []
@@ -244,6 +250,10 @@ class ShardColorizer:
             while decoding is not None:
                 batch, decode_futures = decoding
                 items = [f.result() for f in decode_futures]
+                for it in items:
+                    seen.append(it.id)
+                    if it.id in in_effect:
+                        it.hints = parse_points(it.id, in_effect[it.id])
                 next_position = items[-1].position + 1
                 decoding = self._submit_decode(next(batches, None), next_position)  # overlaps
                 self._infer(items)
@@ -257,6 +267,11 @@ class ShardColorizer:
                 )
             if pending_write is not None:
                 pending_write.result()
+            # made with DEST's settings and its ids' hints: what the flow checks to skip it
+            shard_hints = hint_record.of_ids(in_effect, seen)
+            stats.settings = hint_record.shard_settings_hash(
+                self.settings, self.settings_hash, shard_hints
+            )
             writer.commit()
         except BaseException:
             writer.abort()
@@ -305,8 +320,10 @@ class ShardColorizer:
         try:
             lightness = [it.decoded.lightness for it in ready]  # type: ignore[union-attr]
             batch = working_batch(lightness, self.model.working_size, self.model.device)
+            grid = self.model.working_size // 4  # the network's output grid
+            planes = batch_planes([it.hints for it in ready], grid, grid, self.model.device)
             ab_low, uncertainty = predict_working(
-                self.model, batch, self.options.temperature, self.options.precision
+                self.model, batch, self.options.temperature, self.options.precision, planes
             )
         except Exception:
             if len(ready) == 1:
@@ -351,8 +368,10 @@ class ShardColorizer:
             for name in ("colorfulness", "psnr", "ssim", "auc", "auc_rebalanced", "uncertainty"):
                 cols[name].append(metrics.get(name))
             cols["model"].append(self.model_id)
+            cols["hints"].append(len(item.hints))
             if error is None:
                 stats.add_ok(metrics, done.dropped)
+                stats.hinted += bool(item.hints)
                 if len(samples) < self.options.samples_per_shard and item.output is not None:
                     lightness = item.decoded.lightness  # type: ignore[union-attr]
                     samples.append(sample_pair(*gray_and_colour(lightness, item.output)))

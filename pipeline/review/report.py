@@ -70,6 +70,7 @@ def merge_stats(stats: list[ShardStats]) -> dict[str, Any]:
         "errors": sum(s.errors for s in stats),
         "errors_by_kind": dict(sorted(errors_by_kind.items())),
         "metadata_dropped": dict(sorted(metadata_dropped.items())),
+        "hinted": sum(s.hinted for s in stats),
         "shard_seconds": sum(s.seconds for s in stats),
         "metrics": {name: metrics[name] for name in _metric_order(metrics)},
     }
@@ -149,6 +150,7 @@ def build_report(
         "errors": archive["errors"],
         "errors_by_kind": archive["errors_by_kind"],
         "metadata_dropped": archive["metadata_dropped"],
+        "hinted": archive["hinted"],  # images colorized with colour hints
         "shards": {
             "total": shards_done + shards_skipped + len(failed),
             "done": shards_done,
@@ -173,6 +175,7 @@ def build_report(
             "errors": run["errors"],
             "errors_by_kind": run["errors_by_kind"],
             "metadata_dropped": run["metadata_dropped"],
+            "hinted": run["hinted"],
             "seconds": seconds,
             "shard_seconds": run["shard_seconds"],
             "images_per_second": run_rate,
@@ -264,6 +267,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {_cell(k)} | {_num(n)} |" for k, n in report["metadata_dropped"].items()]
     else:
         lines.append("None.")
+    if report.get("hinted"):
+        lines += ["", f"{_num(report['hinted'])} images were colorized with colour hints "
+                      "(`colorize --hints`; DEST/_hints.json keeps them).", ""]  # fmt: skip
     lines += ["", "## Failed shards", ""]
     if shards["failed"]:
         lines += ["| shard | error |", "|---|---|"]
