@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import hints as hint_planes
 from models.efficientnet import HEAD_CHANNELS, EfficientNetLite, feature_channels, normalise
+from models.hints import CHANNELS as HINT_CHANNELS
+from models.hints import logit_bias, no_hints, propagate
 from models.lab import lab_to_rgb
 
 ECCV16_CHANNELS = (64, 128, 256, 512, 512, 512, 512, 256)
@@ -206,7 +207,7 @@ class LiteColorNet(nn.Module):
         if dense is not None and bool(dense[:, 2].any()):  # (the bias is 0 with no hints)
             centers = self.hint_centers
             assert isinstance(centers, Tensor)
-            logits = logits + self.hint_gain * hint_planes.logit_bias(dense, centers)
+            logits = logits + self.hint_gain * logit_bias(dense, centers)
         return logits
 
     def spread_hints(self, hints: Tensor | None, lightness: Tensor, f4: Tensor) -> Tensor | None:
@@ -217,8 +218,8 @@ class LiteColorNet(nn.Module):
                 raise ValueError("this network takes no hints (its architecture has no -hints)")
             return None
         if hints is None:
-            return hint_planes.no_hints(f4.shape[0], f4.shape[2], f4.shape[3], f4.device)
-        return hint_planes.propagate(hints.float(), lightness.float()).to(f4.dtype)
+            return no_hints(f4.shape[0], f4.shape[2], f4.shape[3], f4.device)
+        return propagate(hints.float(), lightness.float()).to(f4.dtype)
 
     def with_hints(self, scale: int, x: Tensor, dense: Tensor | None) -> Tensor:
         """A decoder scale's output plus its hint branch's reading of the dense hint planes
@@ -237,7 +238,7 @@ def hint_branch(channels: int, width: int = 32) -> nn.Sequential:
     nn.init.zeros_(last.weight)
     assert last.bias is not None
     nn.init.zeros_(last.bias)
-    return nn.Sequential(nn.Conv2d(hint_planes.CHANNELS, width, 3, padding=1), nn.ReLU(True), last)
+    return nn.Sequential(nn.Conv2d(HINT_CHANNELS, width, 3, padding=1), nn.ReLU(True), last)
 
 
 def upsample(x: Tensor, like: Tensor) -> Tensor:

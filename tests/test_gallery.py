@@ -226,9 +226,13 @@ def test_write_gallery_views_pages_and_counts(handmade) -> None:
     (dest / "_stats" / "a.json").unlink()
     smaller = write_gallery(str(dest))
     assert smaller["images"] == 25 and smaller["views"]["input-all"] == 1
-    assert sorted(p.name for p in (dest / "gallery" / "data").iterdir()) == sorted(
+    data = dest / "gallery" / "data"
+    assert sorted(p.name for p in data.iterdir() if p.is_file()) == sorted(
         ["meta.js"] + [f"{v}-00000.js" for v in smaller["views"]]
     )
+    assert [p.name for p in (data / "colors").iterdir()] == [
+        _call(data / "meta.js")[1][0]["colors"]["b"].rsplit("/", 1)[1]
+    ]  # the colour file of "a" is gone with it (tests/test_gallery_hints.py has the rest)
 
 
 def test_write_gallery_empty_archive(tmp_path: Path) -> None:

@@ -8,12 +8,24 @@ callback (JSONP style) and is loaded by adding a <script> tag. The views a perso
 precomputed in pages of PAGE_SIZE items, so a 100,000-image archive opens as fast as a small
 one: the browser only ever loads one page. The images are the workers' previews
 (pipeline/colorize/previews.py), linked by relative URL; this module reads only the light columns of
-the output shards, never an image.
+the output shards, never an output image.
+
+The page also lets an archivist place colour hints (x, y as shares of the image, an sRGB colour)
+and download them as the `hints.json` that `colorize --hints` reads (pipeline/colorize/hints.py);
+they are kept in the browser's localStorage under DEST. To take a colour from an output, the
+page cannot read the previews' pixels (an image from file://, or from S3 without CORS, taints a
+canvas), so each shard gets a colour file: every ok row's output as a grid of at most GRID
+pixels on its long side, made from its thumbnail and loaded as a script like the pages. A
+shard's colour file is named by a hash of its stats file, so a rebuild reuses it until the shard
+is redone.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
+import io
 import json
 import math
 import time
@@ -24,16 +36,19 @@ from importlib import resources
 from typing import Any
 
 import pyarrow.parquet as pq
+from PIL import Image
 
 from pipeline.archive import storage
 from pipeline.archive.stats import ShardStats
-from pipeline.colorize.previews import GALLERY_DIR
+from pipeline.colorize.previews import GALLERY_DIR, fit, preview_uri
 from pipeline.review.report import load_committed_stats, merge_stats, models_line, models_present
 
 PAGE_SIZE = 200
 DATA_DIR = "data"
 ERROR_CHARS = 2000  # a traceback longer than this is cut in the page (the Parquet has it all)
 IO_THREADS = 8  # shard reads and page writes overlap: on S3 each is a round trip
+COLORS_DIR = f"{DATA_DIR}/colors"
+GRID = 48  # the long side of an output's colour grid (the page takes hint colours from it)
 
 # The light columns an item carries, in display order; `image` is never read.
 FLOAT_FIELDS = ("uncertainty", "colorfulness", "auc", "auc_rebalanced", "psnr", "ssim")
@@ -140,18 +155,75 @@ def _script(callback: str, *args: Any) -> bytes:
     return f"{callback}({','.join(json.dumps(a, separators=(',', ':')) for a in args)});\n".encode()
 
 
+def colour_grid(jpeg: bytes, longest: int = GRID) -> list[Any]:
+    """An output preview (JPEG) -> [width, height, base64 of its 8-bit RGB bytes, row by row],
+    shrunk to fit `longest` by averaging (each cell the mean colour of its patch)."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        rgb = image.convert("RGB")
+    size = fit(rgb.size, longest)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.BOX)
+    return [rgb.width, rgb.height, base64.b64encode(rgb.tobytes()).decode("ascii")]
+
+
+def colors_file(stats: ShardStats) -> str:
+    """The colour file of a committed shard, relative to DEST/gallery: named by its stats file
+    (and GRID), so that it changes exactly when the shard is redone."""
+    document = json.dumps([GRID, stats.to_json()], sort_keys=True, default=str)
+    return f"{COLORS_DIR}/{stats.shard}.{hashlib.sha1(document.encode()).hexdigest()[:12]}.js"
+
+
+def _shard_grids(dest: str, shard: str, rows: int, ok: list[int]) -> list[Any]:
+    """One shard's colour grids by row position (null for error rows and missing previews)."""
+
+    def grid(position: int) -> list[Any] | None:
+        try:
+            return colour_grid(
+                storage.read_bytes(preview_uri(dest, "thumbs", shard, position, "out"))
+            )
+        except (OSError, ValueError):  # no preview (a shard of an older run) or a broken one
+            return None
+
+    grids: list[Any] = [None] * rows
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        for position, value in zip(ok, pool.map(grid, ok), strict=True):
+            grids[position] = value
+    return grids
+
+
+def write_colors(dest: str, stats: list[ShardStats], items: list[Item]) -> dict[str, str]:
+    """Each committed shard's colour file, written unless present: {shard: its file, relative
+    to DEST/gallery}."""
+    rows: dict[str, int] = {}
+    ok: dict[str, list[int]] = {}
+    for item in items:
+        rows[item["shard"]] = max(rows.get(item["shard"], 0), item["index"] + 1)
+        if item["status"] == "ok":
+            ok.setdefault(item["shard"], []).append(item["index"])
+    root = storage.join(dest, GALLERY_DIR)
+    files = {s.shard: colors_file(s) for s in stats if s.shard in rows}
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        present = list(pool.map(lambda f: storage.exists(storage.join(root, f)), files.values()))
+    for (shard, name), done in zip(files.items(), present, strict=True):
+        if not done:
+            grids = _shard_grids(dest, shard, rows[shard], ok.get(shard, []))
+            storage.write_bytes(storage.join(root, name), _script("galleryColors", name, grids))
+    return files
+
+
 def write_gallery(dest: str, *, s3_endpoint_url: str | None = None) -> dict[str, Any]:
     """Build DEST/gallery from everything committed in DEST (the shards named by _stats).
 
     Runs as a Ray task at the end of a colorize run (hence its own S3 setting). Data files
     first and index.html last, so a present index.html never points at missing pages; data
-    files of an earlier, larger build are removed. Returns the totals, the pages per view and
-    the URI of index.html.
+    files of an earlier, larger build (and colour files of shards redone or gone) are removed.
+    Returns the totals, the pages per view and the URI of index.html.
     """
     storage.configure(s3_endpoint_url)
     stats = load_committed_stats(dest)
     totals = merge_stats(stats)  # the run report's totals, from the same stats
     items = read_items(dest, stats)
+    colors = write_colors(dest, stats, items)
     build = uuid.uuid4().hex[:12]
     files: dict[str, bytes] = {}
     views: dict[str, dict[str, int]] = {}
@@ -164,7 +236,7 @@ def write_gallery(dest: str, *, s3_endpoint_url: str | None = None) -> dict[str,
     meta = {
         "build": build,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "dest": dest,
+        "dest": storage.normalize(dest),  # one spelling: the page keeps its hints under it
         "model": models_line(models_present(stats)),  # every model in DEST, with counts
         "models": models_present(stats),
         "shards": totals["shards"],
@@ -177,11 +249,14 @@ def write_gallery(dest: str, *, s3_endpoint_url: str | None = None) -> dict[str,
         "page_size": PAGE_SIZE,
         "sorts": {sort: label for sort, (label, _key) in SORTS.items()},
         "views": views,
+        "colors": colors,
+        "grid": GRID,
     }
     files[f"{DATA_DIR}/meta.js"] = _script("galleryMeta", meta)
     root = storage.join(dest, GALLERY_DIR)
     _write_all(root, files)
-    _remove_stale(storage.join(root, DATA_DIR), {storage.join(root, name) for name in files})
+    keep = {storage.join(root, name) for name in [*files, *colors.values()]}
+    _remove_stale(storage.join(root, DATA_DIR), keep)
     index = storage.join(root, "index.html")
     storage.write_bytes(index, index_html(build).encode())
     return {

@@ -1,0 +1,511 @@
+"""The review gallery places colour hints (issue 30): in a real headless Chromium (Debian's) over
+file://, on real committed shards (the hand-made output folder of tests/test_gallery.py, whose
+outputs are known colour ramps), an archivist clicks points on an image, chooses colours (the
+picker, or taken from an output, this image's or another's), sees and removes hints, and
+downloads hints.json, which `pipeline.colorize.hints.loads` must accept.
+
+`hints_file` is the whole gesture as one helper (open the gallery, place hints on a row, download
+the file, return its path), for an end-to-end test that runs `colorize --hints` with it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from selenium.webdriver.common.actions.action_builder import ActionBuilder
+from selenium.webdriver.common.keys import Keys
+
+from flows.colorize import colorize_archive
+from pipeline.colorize import hints
+from pipeline.colorize.previews import fit
+from pipeline.review.gallery import GRID, colour_grid, write_gallery
+from tests import test_archive, test_gallery
+from tests.archive_helpers import make_image_folder
+from tests.test_gallery import _call, _open, _save_screenshot, _severe, _wait
+
+pytestmark = pytest.mark.slow
+browser = test_gallery.browser  # the shared fixtures: headless Chromium, a hand-made DEST
+handmade = test_gallery.handmade
+ray_local = test_archive.ray_local
+
+EXP_SCREENSHOT = Path("/work/exp/gallery-hints.png")
+RGB_TOLERANCE = 12  # JPEG previews and the grid's averaging, per 8-bit channel
+
+
+# --- helpers: what an archivist does, as a person would ---------------------------------------
+def open_row(driver: Any, row_id: str) -> dict[str, Any]:
+    """Open the overlay of `row_id` from the grid (paging forward until its card is shown);
+    returns the row's gallery item."""
+    selector = f'.card[data-id="{row_id}"]'
+    while not driver.find_elements("css selector", selector):
+        assert driver.find_element("id", "next").is_enabled(), f"{row_id} is on no page"
+        page = driver.execute_script("return state.page")
+        driver.find_element("id", "next").click()
+        _wait(driver, lambda d, p=page: d.execute_script("return state.page") == p + 1, "paged")
+        _wait(driver, lambda d: d.find_elements("css selector", ".card"), "cards rendered")
+    card = driver.find_element("css selector", selector)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
+    card.click()
+    return _wait_opened(driver, row_id)
+
+
+def _wait_opened(driver: Any, row_id: str) -> dict[str, Any]:
+    _wait(
+        driver,
+        lambda d: d.execute_script("const i = openedItem(); return i && i.id") == row_id,
+        f"overlay of {row_id}",
+    )
+    for side in ("in", "out"):
+        _wait(
+            driver,
+            lambda d, s=side: d.execute_script(
+                "const img = document.getElementById('ov-' + arguments[0]);"
+                "return img.complete && img.naturalWidth > 0",
+                s,
+            ),
+            f"{side} view loaded",
+        )
+    item: dict[str, Any] = driver.execute_script("return openedItem()")
+    return item
+
+
+def stage_box(driver: Any, side: str = "out") -> dict[str, float]:
+    box: dict[str, float] = driver.execute_script(
+        "const r = document.getElementById('stage-' + arguments[0]).getBoundingClientRect();"
+        "return {left: r.left, top: r.top, width: r.width, height: r.height}",
+        side,
+    )
+    return box
+
+
+def click_image(driver: Any, x: float, y: float, side: str = "out") -> tuple[float, float]:
+    """A click on the shown image at the page pixel nearest (x, y), shares of its width and
+    height; returns where it landed, as shares (a mouse lands on whole pixels)."""
+    box = stage_box(driver, side)
+    px, py = round(box["left"] + x * box["width"]), round(box["top"] + y * box["height"])
+    builder = ActionBuilder(driver)
+    builder.pointer_action.move_to_location(px, py).click()
+    builder.perform()
+    return (px - box["left"]) / box["width"], (py - box["top"]) / box["height"]
+
+
+def set_picker(driver: Any, rgb: str) -> None:
+    """Choose a colour in the <input type=color> (what its dialog does: a value and an input
+    event; headless Chromium shows no dialog to click in)."""
+    driver.execute_script(
+        "const input = document.getElementById('hint-colour'); input.value = arguments[0];"
+        "input.dispatchEvent(new Event('input', {bubbles: true}))",
+        rgb,
+    )
+
+
+def picker(driver: Any) -> str:
+    value: str = driver.find_element("id", "hint-colour").get_attribute("value")
+    return value
+
+
+def take_colour(driver: Any, x: float, y: float, side: str = "out") -> str:
+    """`take from output`, then a click at (x, y): the picker's new colour."""
+    _wait_colours(driver)
+    driver.find_element("id", "hint-take").click()
+    assert driver.find_element("id", "hint-take").get_attribute("aria-pressed") == "true"
+    click_image(driver, x, y, side)
+    assert driver.find_element("id", "hint-take").get_attribute("aria-pressed") == "false"
+    return picker(driver)
+
+
+def _wait_colours(driver: Any) -> None:
+    _wait(driver, lambda d: d.find_element("id", "hint-take").is_enabled(), "colour grid loaded")
+
+
+def set_radius(driver: Any, value: str) -> None:
+    driver.execute_script(
+        "const s = document.getElementById('hint-radius'); s.value = arguments[0];"
+        "s.dispatchEvent(new Event('change', {bubbles: true}))",
+        value,
+    )
+
+
+def listed(driver: Any) -> list[dict[str, Any]]:
+    """The hints the overlay lists for its image: position, colour, the swatch's colour, text."""
+    rows: list[dict[str, Any]] = driver.execute_script(
+        "return [...document.querySelectorAll('#hint-list li[data-rgb]')].map(li => ({"
+        "x: +li.dataset.x, y: +li.dataset.y, rgb: li.dataset.rgb, text: li.textContent,"
+        "swatch: getComputedStyle(li.querySelector('.swatch')).backgroundColor}))"
+    )
+    return rows
+
+
+def marks(driver: Any, side: str = "out") -> list[dict[str, Any]]:
+    """The marks drawn on an image: their centres as shares of it, and their colours."""
+    found: list[dict[str, Any]] = driver.execute_script(
+        "const stage = document.getElementById('stage-' + arguments[0]);"
+        "const box = stage.getBoundingClientRect();"
+        "return [...stage.querySelectorAll('.mark')].map(m => {"
+        "  const r = m.getBoundingClientRect();"
+        "  return {x: (r.left + r.width / 2 - box.left) / box.width,"
+        "          y: (r.top + r.height / 2 - box.top) / box.height,"
+        "          colour: getComputedStyle(m).backgroundColor,"
+        "          label: m.textContent}; })",
+        side,
+    )
+    return found
+
+
+def remove_hint(driver: Any, number: int) -> None:
+    driver.find_element(
+        "css selector", f'#hint-list button[aria-label="remove hint {number}"]'
+    ).click()
+
+
+def close_overlay(driver: Any) -> None:
+    driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)
+    _wait(driver, lambda d: not d.find_element("id", "overlay").is_displayed(), "closed")
+
+
+def download_hints(driver: Any, folder: Path) -> Path:
+    """Click `hints.json` with Chromium's downloads going to `folder` (a new one: a second
+    file of the same name would be renamed); returns the downloaded file once complete."""
+    folder.mkdir(parents=True, exist_ok=False)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior",
+        {"behavior": "allow", "downloadPath": str(folder), "eventsEnabled": False},
+    )
+    driver.find_element("id", "hints-download").click()
+    path = folder / "hints.json"
+    deadline = time.monotonic() + 30
+    while not (path.is_file() and not list(folder.glob("*.crdownload"))):
+        assert time.monotonic() < deadline, f"no download in {folder}: {list(folder.iterdir())}"
+        time.sleep(0.1)
+    assert sorted(p.name for p in folder.iterdir()) == ["hints.json"]
+    return path
+
+
+def hints_file(
+    driver: Any, dest: Path, row_id: str, points: list[dict[str, Any]], folder: Path
+) -> Path:
+    """The archivist's whole gesture on DEST's gallery: open `row_id`, place `points` on its
+    output (each {"x", "y", and "rgb": "#rrggbb" from the picker, or "take": (x, y) to take the
+    output's colour there}, and "r" optionally), download hints.json into `folder`; returns its
+    path. For the end-to-end test of `colorize --hints`."""
+    _open(driver, dest)
+    open_row(driver, row_id)
+    for point in points:
+        if "take" in point:
+            take_colour(driver, *point["take"])
+        else:
+            set_picker(driver, point["rgb"])
+        set_radius(driver, str(point.get("r", "")))
+        click_image(driver, point["x"], point["y"])
+    _wait(driver, lambda d: len(listed(d)) == len(points), "hints listed")
+    close_overlay(driver)
+    return download_hints(driver, folder)
+
+
+# --- what the page must show ------------------------------------------------------------------
+def _photo_rgb(row: int, x: float, y: float) -> np.ndarray:
+    """The hand-made output of row `row` (tests.test_gallery._photo: a hue ramp) at (x, y)."""
+    phase = (row % 12) / 12
+    return np.clip([x * (1 - phase) + phase * y, y, 1 - x], 0, 1) * 255
+
+
+def _rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], float)
+
+
+def _css(hex_colour: str) -> str:
+    r, g, b = (int(v) for v in _rgb(hex_colour))
+    return f"rgb({r}, {g}, {b})"
+
+
+def _near(a: np.ndarray, b: np.ndarray, tolerance: float = RGB_TOLERANCE) -> bool:
+    return bool(np.abs(a - b).max() <= tolerance)
+
+
+def _assert_at(
+    actual: dict[str, Any], x: float, y: float, box: dict[str, float], width: int
+) -> None:
+    """Within one shown pixel of where the click landed, and so within a pixel's share of the
+    image."""
+    for key, want, extent in (("x", x, box["width"]), ("y", y, box["height"])):
+        assert abs(actual[key] - want) <= 1.0 / extent, (key, actual, want)
+        assert abs(actual[key] - want) <= 1.0 / width
+
+
+def test_place_list_remove_and_download_hints(handmade, browser, tmp_path: Path) -> None:
+    """Two hints on one image (the picker's colour; a colour taken from the output), listed and
+    marked at their places, one removed and placed again; the downloaded hints.json is exactly
+    the file `colorize --hints` reads."""
+    dest, _rows = handmade
+    write_gallery(str(dest))
+    _open(browser, dest)
+    row_id, row = "a/0002.jpg", 2
+    item = open_row(browser, row_id)
+    assert (item["width"], item["height"]) == (96, 64)
+    box = stage_box(browser)
+    assert box["width"] / box["height"] == pytest.approx(96 / 64, rel=0.01)  # the image's aspect
+    assert box["width"] > 400  # large enough to aim at
+    assert listed(browser) == [] and browser.find_element("id", "hints-total").text == "no hints"
+    assert not browser.find_element("id", "hints-download").is_enabled()
+
+    # 1: the picker's colour, placed on the output
+    set_picker(browser, "#8a2a1e")
+    first = click_image(browser, 0.42, 0.31)
+    # 2: a colour taken from the output at one point, placed at another, larger
+    taken = take_colour(browser, 0.7, 0.8)
+    assert _near(_rgb(taken), _photo_rgb(row, 0.7, 0.8)), taken
+    assert not _near(_rgb(taken), _photo_rgb(row, 0.8, 0.7))  # not the transposed point
+    set_radius(browser, "0.05")
+    second = click_image(browser, 0.25, 0.75)
+
+    placed = [(*first, "#8a2a1e", None), (*second, taken, 0.05)]
+    shown = listed(browser)
+    assert [(h["rgb"], h["swatch"]) for h in shown] == [(c, _css(c)) for _, _, c, _ in placed]
+    for hint, (x, y, _, _) in zip(shown, placed, strict=True):
+        _assert_at(hint, x, y, box, 96)
+    assert shown[0]["text"] == f"1#8a2a1ex {first[0]:.1%}, y {first[1]:.1%}\u00d7"
+    assert "r 5.0%" in shown[1]["text"]
+    for side in ("in", "out"):  # marks on both images, at the hints' places, in their colours
+        drawn = marks(browser, side)
+        assert [(m["label"], m["colour"]) for m in drawn] == [
+            ("1", _css(placed[0][2])),
+            ("2", _css(taken)),
+        ]
+        for mark, (x, y, _, _) in zip(drawn, placed, strict=True):
+            assert (
+                abs(mark["x"] - x) <= 1.5 / box["width"]
+                and abs(mark["y"] - y) <= 1.5 / box["height"]
+            )
+    assert browser.find_element("id", "hints-total").text == "2 hints on 1 image"
+
+    # remove the first, then place it again: the list (and the file) in the new order
+    remove_hint(browser, 1)
+    assert [h["rgb"] for h in listed(browser)] == [taken]
+    assert [m["label"] for m in marks(browser)] == ["1"]
+    set_picker(browser, "#8a2a1e")
+    set_radius(browser, "")
+    again = click_image(browser, 0.42, 0.31)
+    placed = [placed[1], (*again, "#8a2a1e", None)]
+    assert [h["rgb"] for h in listed(browser)] == [taken, "#8a2a1e"]
+    assert browser.find_element("id", "overlay").is_displayed()  # placing does not close it
+
+    browser.execute_script("document.activeElement.blur()")
+    screenshot = tmp_path / "gallery-hints.png"
+    _save_screenshot(browser, screenshot)
+    print(f"\nscreenshot of the gallery with hints placed: {screenshot}")
+    if EXP_SCREENSHOT.parent.is_dir():
+        shutil.copyfile(screenshot, EXP_SCREENSHOT)
+        print(f"copied to {EXP_SCREENSHOT}")
+
+    close_overlay(browser)
+    badge = browser.find_element("css selector", f'.card[data-id="{row_id}"] .pill.hinted')
+    assert badge.is_displayed() and badge.text.lower() == "2 hints"
+    shown_badges = browser.find_elements("css selector", ".card .pill.hinted")
+    assert [b for b in shown_badges if b.is_displayed()] == [badge]  # none on the others
+    assert browser.find_element("id", "hints-total").text == "2 hints on 1 image"
+    browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+    _save_screenshot(browser, tmp_path / "gallery-hints-grid.png")  # the bar and the badge
+    print(f"the grid with its hints badge: {tmp_path / 'gallery-hints-grid.png'}")
+    if EXP_SCREENSHOT.parent.is_dir():
+        shutil.copyfile(
+            tmp_path / "gallery-hints-grid.png", EXP_SCREENSHOT.with_name("gallery-hints-grid.png")
+        )
+
+    path = download_hints(browser, tmp_path / "downloads")
+    text = path.read_text()
+    parsed = hints.loads(text)  # the parser of `colorize --hints` accepts it
+    document = json.loads(text)
+    assert list(document) == list(parsed) == [row_id]
+    points = document[row_id]
+    assert [sorted(p) for p in points] == [["r", "rgb", "x", "y"], ["rgb", "x", "y"]]
+    for point, hint, (x, y, rgb, r) in zip(points, parsed[row_id], placed, strict=True):
+        _assert_at(point, x, y, box, 96)
+        assert point["rgb"] == rgb and point.get("r") == r
+        assert (hint.x, hint.y) == (point["x"], point["y"])
+        assert (hint.a, hint.b) == pytest.approx(hints.rgb_to_ab(rgb))
+    assert _severe(browser) == []
+
+
+def test_hints_survive_paging_and_reload_and_take_another_images_colour(
+    handmade, browser, tmp_path: Path
+) -> None:
+    """A colour taken from one image's output and placed on an image of the next page; the hint
+    is still there after paging and a reload, and belongs to this DEST only."""
+    dest, _rows = handmade
+    write_gallery(str(dest))
+    _open(browser, dest)
+    open_row(browser, "a/0005.jpg")
+    _wait_colours(browser)
+    browser.find_element("id", "hint-take").click()  # armed, then to the neighbour's output
+    browser.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)
+    _wait_opened(browser, "a/0006.jpg")
+    _wait_colours(browser)
+    click_image(browser, 0.2, 0.5, side="in")  # either image: the output's colour there
+    taken = picker(browser)
+    assert _near(_rgb(taken), _photo_rgb(6, 0.2, 0.5)), taken
+    assert listed(browser) == []  # taking a colour places no hint
+    close_overlay(browser)
+
+    target, target_row = "a/0201.jpg", 201  # on page 2
+    open_row(browser, target)
+    assert browser.find_element("id", "page-info").text == "page 2 of 2"
+    assert not _near(_rgb(taken), _photo_rgb(target_row, 0.2, 0.5))  # really another's colour
+    at = click_image(browser, 0.6, 0.4)
+    box = stage_box(browser)
+    close_overlay(browser)
+
+    browser.find_element("id", "prev").click()  # paging away and back
+    _wait(browser, lambda d: d.find_elements("css selector", '.card[data-id="a/0000.jpg"]'), "p1")
+    browser.refresh()  # and a reload (the page is kept in the URL)
+    _wait(browser, lambda d: d.find_elements("css selector", ".card"), "reloaded")
+    assert browser.find_element("id", "hints-total").text == "1 hint on 1 image"
+    open_row(browser, target)
+    (hint,) = listed(browser)
+    assert hint["rgb"] == taken
+    _assert_at(hint, *at, box, 96)
+    close_overlay(browser)
+    badge = browser.find_element("css selector", f'.card[data-id="{target}"] .pill.hinted')
+    assert badge.is_displayed() and badge.text.lower() == "1 hint"
+
+    # another DEST's gallery, in the same browser (file:// pages share one localStorage)
+    other = tmp_path / "other"
+    shutil.copytree(dest, other)
+    write_gallery(str(other))
+    _open(browser, other)
+    assert browser.find_element("id", "hints-total").text == "no hints"
+    assert not browser.find_element("id", "hints-download").is_enabled()
+
+    _open(browser, dest)
+    path = download_hints(browser, tmp_path / "downloads")
+    document = json.loads(path.read_text())
+    assert list(hints.loads(path.read_text())) == [target]
+    assert document == {target: [{"x": hint["x"], "y": hint["y"], "rgb": taken}]}
+    assert _severe(browser) == []
+
+
+def test_colour_files_of_the_outputs(handmade) -> None:
+    """Each committed shard's colour file: every ok row's output as a grid (<= GRID px on its
+    long side) from its thumbnail, null for error rows; reused by a rebuild, replaced when the
+    shard is redone, removed with the shard."""
+    dest, rows = handmade
+    write_gallery(str(dest))
+    _, (meta,) = _call(dest / "gallery" / "data" / "meta.js")
+    assert sorted(meta["colors"]) == ["a", "b"] and meta["grid"] == GRID
+    grids: dict[str, list[Any]] = {}
+    for shard, name in meta["colors"].items():
+        callback, (file_arg, shard_grids) = _call(dest / "gallery" / name)
+        assert (callback, file_arg) == ("galleryColors", name)
+        grids[shard] = shard_grids
+    for row in rows:
+        grid = grids[row["shard"]][row["index"]]
+        if row["status"] != "ok":
+            assert grid is None
+            continue
+        thumb = dest / "gallery" / "thumbs" / row["shard"] / f"{row['index']:06d}-out.jpg"
+        assert grid == colour_grid(thumb.read_bytes())
+        assert max(grid[:2]) <= GRID and grid[:2] == [48, 32]  # 96 x 64 outputs
+
+    # a rebuild reuses the files; a redone shard (a new stats file) gets a new one
+    before = {
+        name: (dest / "gallery" / name).stat().st_mtime_ns for name in meta["colors"].values()
+    }
+    write_gallery(str(dest))
+    _, (again,) = _call(dest / "gallery" / "data" / "meta.js")
+    assert again["colors"] == meta["colors"]
+    assert {
+        n: (dest / "gallery" / n).stat().st_mtime_ns for n in again["colors"].values()
+    } == before
+    stats = dest / "_stats" / "b.json"
+    redone = json.loads(stats.read_text())
+    redone["seconds"] = redone.get("seconds", 0) + 1
+    stats.write_text(json.dumps(redone))
+    (dest / "_stats" / "a.json").unlink()  # and a shard gone
+    write_gallery(str(dest))
+    _, (last,) = _call(dest / "gallery" / "data" / "meta.js")
+    assert list(last["colors"]) == ["b"] and last["colors"]["b"] != meta["colors"]["b"]
+    colours = dest / "gallery" / "data" / "colors"
+    assert sorted(p.relative_to(dest / "gallery").as_posix() for p in colours.iterdir()) == [
+        last["colors"]["b"]
+    ]
+
+
+def test_colour_grid_is_the_outputs_mean_colour() -> None:
+    """A flat-coloured preview larger than the grid: every cell is that colour; a small one is
+    kept at its size."""
+    image = Image.new("RGB", (192, 100), (138, 42, 30))
+    image.paste((47, 93, 42), (96, 0, 192, 100))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    width, height, data = colour_grid(buf.getvalue())
+    assert (width, height) == (48, 25)
+    cells = np.frombuffer(base64.b64decode(data), np.uint8).reshape(height, width, 3)
+    assert (cells[:, :24] == (138, 42, 30)).all() and (cells[:, 24:] == (47, 93, 42)).all()
+    small = io.BytesIO()
+    Image.new("RGB", (20, 10), (1, 2, 3)).save(small, "PNG")
+    assert colour_grid(small.getvalue())[:2] == [20, 10]
+
+
+TAKE = (0.51, 0.26)  # inside a grid cell (0.5 of 48 would be on the line between two)
+
+
+def _output_image(dest: Path, row_id: str) -> np.ndarray:
+    """A row's full-size output (8-bit RGB, as floats), from its shard."""
+    for path in sorted(dest.glob("*.parquet")):
+        for row in pq.read_table(path, columns=["id", "image"]).to_pylist():
+            if row["id"] == row_id:
+                return np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"), float)
+    raise AssertionError(f"{row_id} is in no shard of {dest}")
+
+
+def test_hints_file_of_a_real_run(tmp_path: Path, ray_local, browser) -> None:
+    """A real colorize run's gallery: `hints_file` places a picker colour and a colour taken
+    from the real output, and downloads a file `colorize --hints` accepts, naming the run's id.
+    The taken colour is the output's own there (its full-size image, read from the shard).
+    An end-to-end test of `colorize --hints` starts from here with the file's path."""
+    make_image_folder(tmp_path / "photos", bad=False)
+    dest = tmp_path / "out"
+    colorize_archive(str(tmp_path / "photos"), str(dest), actors=1, shard_size=4)
+    row_id = "colour/astronaut.jpg"
+    chosen = [
+        {"x": 0.3, "y": 0.4, "rgb": "#2f5d2a", "r": 0.02},
+        {"x": 0.62, "y": 0.55, "take": TAKE},
+    ]
+    path = hints_file(browser, dest, row_id, chosen, tmp_path / "downloads")
+    open_row(browser, row_id)
+    box = stage_box(browser)
+    browser.execute_script("document.activeElement.blur()")
+    screenshot = tmp_path / "gallery-hints-real-run.png"
+    _save_screenshot(browser, screenshot)
+    print(f"\nhints.json of a real run: {path}\nscreenshot: {screenshot}")
+    if EXP_SCREENSHOT.parent.is_dir():
+        shutil.copyfile(screenshot, EXP_SCREENSHOT.with_name("gallery-hints-real-run.png"))
+    parsed = hints.loads(path.read_text())
+    (points,) = json.loads(path.read_text()).values()
+    assert list(parsed) == [row_id] and len(points) == len(parsed[row_id]) == 2
+    for point, want in zip(points, chosen, strict=True):
+        for key, extent in (("x", box["width"]), ("y", box["height"])):
+            assert abs(point[key] - want[key]) <= 1.0 / extent  # one shown pixel
+    assert points[0]["rgb"] == "#2f5d2a" and points[0]["r"] == 0.02 and "r" not in points[1]
+
+    # the taken colour: the output's mean over the grid cell at the point (from the shard)
+    output = _output_image(dest, row_id)
+    height, width = output.shape[:2]
+    grid_w, grid_h = fit((width, height), GRID)
+    col, row = int(TAKE[0] * grid_w), int(TAKE[1] * grid_h)
+    sx, sy = width / grid_w, height / grid_h
+    cell = output[
+        int(row * sy) : int(np.ceil((row + 1) * sy)), int(col * sx) : int(np.ceil((col + 1) * sx))
+    ]
+    cell = cell.mean(axis=(0, 1))
+    print(f"taken {points[1]['rgb']}, the output's cell {cell.round(1)}")
+    assert _near(_rgb(points[1]["rgb"]), cell), (points[1]["rgb"], cell)
+    assert _severe(browser) == []
