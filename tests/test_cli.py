@@ -44,7 +44,7 @@ NOT_DEFAULT = {
     "degrade": 0.25, "stamps": "stamps/", "paste": 0.5, "workers": 2, "checkpoint_every": 9,
     "soft_k": 3, "seed": 11, "val_every": 4, "val_max_photos": 8, "patience": 2,
     "loader_threads": 3, "image_column": "jpeg", "id_column": "photo_id",
-    "film": 0.5, "init": "runs/old/model.safetensors",
+    "film": 0.5, "hints": 0.4, "hint_points": 5.0, "init": "runs/old/model.safetensors",
     "prepared_data": "shared/prepared",
 }  # fmt: skip
 
@@ -98,4 +98,4 @@ def test_the_recipe_module_and_its_names_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'; print(len(c.ARCHITECTURES))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert done.returncode == 0 and done.stdout.strip() == "7", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "12", done.stderr

@@ -123,7 +123,7 @@ def test_an_init_of_another_architecture_is_refused_before_anything_is_written(
          f"--init '{small}' is a small model and --arch is lite2-plain: a fine-tune keeps the "
          f"init model's architecture; pass --arch small (the init model's) or drop --init"),
         (["--init", "default", "--arch", "small"],  # the shipped model is resolved and read
-         "--init 'default' is a lite2-plain model and --arch is small"),
+         "--init 'default' is a lite2-plain-hints model and --arch is small"),
         (["--init", str(tmp_path / "missing.safetensors")], "no model to fine-tune there"),
         (["--init", str(other_bins), "--arch", "small"], "313 colour bins that are not the 261"),
     ):  # fmt: skip

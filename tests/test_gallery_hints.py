@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.keys import Keys
+from skimage import color as skimage_color
 
 from flows.colorize import colorize_archive
 from pipeline.colorize import hints
@@ -466,17 +467,39 @@ def _output_image(dest: Path, row_id: str) -> np.ndarray:
     raise AssertionError(f"{row_id} is in no shard of {dest}")
 
 
+def _ab_at(rgb: np.ndarray, x: float, y: float) -> np.ndarray:
+    """An 8-bit RGB image's (as floats) mean ab over 5x5 pixels at (x, y), shares of it."""
+    height, width = rgb.shape[:2]
+    cy, cx = int(y * height), int(x * width)
+    patch = rgb[cy - 2 : cy + 3, cx - 2 : cx + 3] / 255.0
+    return np.asarray(skimage_color.rgb2lab(patch)[..., 1:].reshape(-1, 2).mean(0))
+
+
+def _colour_at_its_lightness(rgb: np.ndarray, x: float, y: float, a: float, b: float) -> str:
+    """'#rrggbb' of (a, b) at the image's own L at (x, y): a colour an output that keeps the
+    scan's L can show there."""
+    height, width = rgb.shape[:2]
+    pixel = rgb[int(y * height), int(x * width)][None, None] / 255.0
+    lightness = skimage_color.rgb2lab(pixel)[0, 0, 0]
+    out = skimage_color.lab2rgb(np.array([[[lightness, a, b]]]))[0, 0]
+    return "#" + "".join(f"{round(float(c) * 255):02x}" for c in out)
+
+
 def test_hints_file_of_a_real_run(tmp_path: Path, ray_local, browser) -> None:
-    """A real colorize run's gallery: `hints_file` places a picker colour and a colour taken
-    from the real output, and downloads a file `colorize --hints` accepts, naming the run's id.
-    The taken colour is the output's own there (its full-size image, read from the shard).
-    An end-to-end test of `colorize --hints` starts from here with the file's path."""
+    """The whole loop on a real run: its gallery places a picker colour and a colour taken
+    from the real output (`hints_file`) and downloads a file `colorize --hints` accepts,
+    naming the run's id; the taken colour is the output's own there (its full-size image, read
+    from the shard). Then `colorize --hints` with that file: the output at the picker's point
+    has the chosen colour (the shipped default is hint-aware), and the other photos' output
+    files are untouched."""
     make_image_folder(tmp_path / "photos", bad=False)
     dest = tmp_path / "out"
     colorize_archive(str(tmp_path / "photos"), str(dest), actors=1, shard_size=4)
     row_id = "colour/astronaut.jpg"
+    automatic = _output_image(dest, row_id)
+    green = _colour_at_its_lightness(automatic, 0.45, 0.75, -30.0, 25.0)  # on the suit
     chosen = [
-        {"x": 0.3, "y": 0.4, "rgb": "#2f5d2a", "r": 0.02},
+        {"x": 0.45, "y": 0.75, "rgb": green, "r": 0.02},
         {"x": 0.62, "y": 0.55, "take": TAKE},
     ]
     path = hints_file(browser, dest, row_id, chosen, tmp_path / "downloads")
@@ -494,7 +517,7 @@ def test_hints_file_of_a_real_run(tmp_path: Path, ray_local, browser) -> None:
     for point, want in zip(points, chosen, strict=True):
         for key, extent in (("x", box["width"]), ("y", box["height"])):
             assert abs(point[key] - want[key]) <= 1.0 / extent  # one shown pixel
-    assert points[0]["rgb"] == "#2f5d2a" and points[0]["r"] == 0.02 and "r" not in points[1]
+    assert points[0]["rgb"] == green and points[0]["r"] == 0.02 and "r" not in points[1]
 
     # the taken colour: the output's mean over the grid cell at the point (from the shard)
     output = _output_image(dest, row_id)
@@ -509,3 +532,21 @@ def test_hints_file_of_a_real_run(tmp_path: Path, ray_local, browser) -> None:
     print(f"taken {points[1]['rgb']}, the output's cell {cell.round(1)}")
     assert _near(_rgb(points[1]["rgb"]), cell), (points[1]["rgb"], cell)
     assert _severe(browser) == []
+
+    # the loop's last step: colorize again with the downloaded file
+    others = {p.name: p.read_bytes() for p in dest.glob("*.parquet")}
+    hinted_shard = next(
+        p.name for p in dest.glob("*.parquet") if row_id in pq.read_table(p)["id"].to_pylist()
+    )
+    colorize_archive(str(tmp_path / "photos"), str(dest), actors=1, shard_size=4, hints=str(path))
+    hinted = _output_image(dest, row_id)
+    want = np.asarray(skimage_color.rgb2lab(_rgb(green)[None, None] / 255.0)[0, 0, 1:])
+    before, after = _ab_at(automatic, 0.45, 0.75), _ab_at(hinted, 0.45, 0.75)
+    print(f"ab at the picker's point: automatic {before.round(1)}, hinted {after.round(1)}, "
+          f"chosen {want.round(1)}")  # fmt: skip
+    assert np.linalg.norm(after - want) < 12, (after, want)
+    assert np.linalg.norm(before - want) > 25, (before, want)  # the hint changed it
+    taken = np.asarray(skimage_color.rgb2lab(_rgb(points[1]["rgb"])[None, None] / 255.0)[0, 0, 1:])
+    assert np.linalg.norm(_ab_at(hinted, 0.62, 0.55) - taken) < 12
+    changed = {n for n, blob in others.items() if (dest / n).read_bytes() != blob}
+    assert changed == {hinted_shard}

@@ -256,7 +256,10 @@ def test_nearest_bin_fast_path_matches_brute_force(scale):
 def test_the_shipped_default_model_loads_with_its_card():
     model = models.load("default")
     card = models.read_card(models.DEFAULT_MODEL)
-    assert model.arch == "lite2-plain" and model.num_bins == 261
+    assert model.arch == "lite2-plain-hints" and model.num_bins == 261 and model.takes_hints
+    # what hints are worth, by the grouped source folds (docs/training.md)
+    figures = card["hints"]["figures"]
+    assert figures["PSNR (dB): 10 hints - automatic default"]["folds"] == 5
     assert not model.flip_average  # tried, not worth twice the forward (docs/training.md)
     # it decodes as its folds chose: the candidates' figures and the rule are on the card
     decoding = card["crossval"]["decoding"]
