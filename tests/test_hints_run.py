@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from skimage import color, data
 
+import models
 from flows import cli
 from flows.colorize import ConfigError, colorize_archive
 from pipeline.archive import storage
@@ -26,9 +27,7 @@ from tests.test_archive import ray_local, small_model  # noqa: F401 - shared fix
 from tests.test_s3 import bucket  # noqa: F401 - a bucket on the loopback S3 server
 
 pytestmark = pytest.mark.slow
-HINT_MODEL = (
-    "/work/runs/hints/group-0/model.safetensors"  # DEV  # the shipped default is hint-aware
-)
+HINT_MODEL = str(models.DEFAULT_MODEL)  # the shipped default is hint-aware
 PHOTOS = {"astronaut.jpg": data.astronaut(), "coffee.jpg": data.coffee(),
           "chelsea.jpg": data.chelsea()}  # fmt: skip
 
