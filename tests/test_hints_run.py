@@ -99,10 +99,15 @@ def test_hints_recolorize_only_their_shards_with_their_colours(tmp_path, capsys,
     before = snapshot(dest)
     automatic = [ab_at(dest, "coffee.jpg", p["x"], p["y"]) for p in HINTS_DOC["coffee.jpg"]]
 
+    # one other shard not committed (a stopped run): --hints does not do it either
+    chelsea_shard = next(r["_shard"] for r in read_output(dest) if r["id"] == "chelsea.jpg")
+    (dest / "_stats" / f"{chelsea_shard}.json").unlink()
+    before = snapshot(dest)
     hints = tmp_path / "hints.json"
     hints.write_text(json.dumps(HINTS_DOC))
     code, out = run(capsys, "colorize", str(src), str(dest), *common, "--hints", str(hints))
     assert code == 0, out
+    assert not (dest / "_stats" / f"{chelsea_shard}.json").exists()
     after = snapshot(dest)
     # the coffee's shard (and only it) was rewritten: its output, stats and previews
     changed = {k for k in after if before.get(k) != after[k]}
@@ -125,7 +130,12 @@ def test_hints_recolorize_only_their_shards_with_their_colours(tmp_path, capsys,
     assert json.loads((dest / HINTS).read_text())["hints"] == HINTS_DOC
     assert json.loads((dest / "report.json").read_text())["hinted"] == 1
 
-    # the same file again, then a plain run: nothing to do, nothing written
+    # a plain run does the shard left undone, with the hints kept; then the same file again
+    # and a plain run: nothing to do, nothing written
+    code, _ = run(capsys, "colorize", str(src), str(dest), *common)
+    assert code == 0 and (dest / "_stats" / f"{chelsea_shard}.json").exists()
+    assert {r["id"]: r["hints"] for r in read_output(dest)}["coffee.jpg"] == 2
+    after = snapshot(dest)
     for extra in (["--hints", str(hints)], []):
         code, out = run(capsys, "colorize", str(src), str(dest), *common, *extra)
         assert code == 0, out
