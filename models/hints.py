@@ -139,15 +139,3 @@ def logit_bias(dense: Tensor, centers: Tensor, width: float = 10.0) -> Tensor:
     ab = dense[:, :2] * AB_SCALE  # (N, 2, h, w)
     d2 = ((centers[None, :, :, None, None] - ab[:, None]) ** 2).sum(2)  # (N, Q, h, w)
     return -0.5 * d2 / width**2 * dense[:, 2:3]
-
-
-def pooled(planes: Tensor, factor: int) -> Tensor:
-    """Planes at 1/`factor` of their size: each coarse cell holds the mean ab of the hinted
-    cells under it and a mask of 1 where any is (a sparse hint is not diluted away)."""
-    if factor == 1:
-        return planes
-    mask = planes[:, 2:3]
-    ab_sum = torch.nn.functional.avg_pool2d(planes[:, :2] * mask, factor, ceil_mode=True)
-    covered = torch.nn.functional.avg_pool2d(mask, factor, ceil_mode=True)
-    present = (covered > 0).to(planes.dtype)
-    return torch.cat([ab_sum / covered.clamp(min=1e-6) * present, present], 1)

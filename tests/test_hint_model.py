@@ -11,7 +11,7 @@ import torch
 
 import models
 from flows.train import train_model
-from models.hints import AB_SCALE, Hint, hint_planes, pooled, simulated_planes
+from models.hints import AB_SCALE, Hint, hint_planes, propagate, simulated_planes
 from pipeline.colorize.hints import HintsError, loads, rgb_to_ab
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import init_net, load_state
@@ -34,15 +34,23 @@ def test_a_hint_marks_its_own_cell_and_the_cells_within_its_radius() -> None:
     assert wide[2, 50, 63] == 0 and wide[2, 58, 63] == 1
 
 
-def test_a_sparse_hint_survives_pooling_to_the_coarsest_scale() -> None:
-    planes = hint_planes([Hint(0.1, 0.9, 60.0, 30.0)], 64, 64)[None]
-    coarse = pooled(planes, 8)  # 1/32 of the input: 8x8
-    assert coarse.shape == (1, 3, 8, 8)
-    assert int(coarse[0, 2].sum()) == 1  # one coarse cell, its mask 1 (not 1/64)
-    y, x = torch.nonzero(coarse[0, 2])[0].tolist()
-    assert (y, x) == (7, 0)
-    assert coarse[0, 0, y, x] == pytest.approx(60.0 / AB_SCALE)  # the hint's ab, not diluted
-    assert coarse[0, 1, y, x] == pytest.approx(30.0 / AB_SCALE)
+def test_a_hint_spreads_by_distance_and_stops_at_an_edge() -> None:
+    """`propagate`: the hint's colour over the grid, confident near it on its own side of an
+    edge of L and not across it; two hints share the cells between them by closeness."""
+    lightness = torch.full((1, 1, 64, 64), -0.3)  # centred L: dark left half, light right
+    lightness[..., 32:] = 0.3
+    planes = hint_planes([Hint(0.4, 0.5, 40.0, 20.0)], 16, 16)[None]
+    dense = propagate(planes, lightness)
+    confidence = dense[0, 2]
+    assert confidence[8, 6] == pytest.approx(1.0)  # its own cell
+    assert confidence[8, 4] > 0.3  # near (two cells), same side
+    assert confidence[8, 9] < 1e-3  # as near, across the edge
+    assert confidence[8, 0] > confidence[8, 9]
+    torch.testing.assert_close(dense[0, :2, 8, 4] * AB_SCALE, torch.tensor([40.0, 20.0]))
+    two = hint_planes([Hint(0.05, 0.5, 40.0, 0.0), Hint(0.4, 0.5, -40.0, 0.0)], 16, 16)[None]
+    field = propagate(two, lightness)[0, 0] * AB_SCALE
+    assert field[8, 1] > 30 and field[8, 6] < -30  # each near its own
+    assert not propagate(torch.zeros(1, 3, 16, 16), lightness).any()  # no hints: zeros
 
 
 def test_a_hint_aware_net_starts_as_its_automatic_net_and_then_listens_to_hints() -> None:
