@@ -28,7 +28,7 @@ net starts as the automatic net it is initialised from, hints or none.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +152,7 @@ class LiteColorNet(nn.Module):
             self.hint_branches = nn.ModuleList(hint_branch(c) for c in (d32, d16, d8, d4))
             self.hint_gain = nn.Parameter(torch.zeros(()))
             self.register_buffer("hint_centers", hint_centers.clone(), persistent=False)
+        self._nothing: dict[tuple[Any, ...], Tensor] = {}  # see `branch_of_nothing`
         self.set_trainable_stages(trainable_stages)
 
     def set_trainable_stages(self, count: int) -> None:
@@ -227,7 +228,24 @@ class LiteColorNet(nn.Module):
         if self.hint_branches is None or dense is None:
             return x
         size = (int(x.shape[2]), int(x.shape[3]))
-        return x + self.hint_branches[scale](F.adaptive_avg_pool2d(dense, size))
+        branch = self.hint_branches[scale]
+        if not torch.is_grad_enabled() and not bool(dense[:, 2].any()):
+            return x + self.branch_of_nothing(scale, size, x)  # the archive's usual case
+        return x + branch(F.adaptive_avg_pool2d(dense, size))
+
+    def branch_of_nothing(self, scale: int, size: tuple[int, int], like: Tensor) -> Tensor:
+        """What a hint branch reads from no hints at all, (1, C, h, w): the same for every
+        image, so made once per size (and weights: keyed by their version counters, which
+        `load_state_dict` and optimisers bump) instead of on every batch."""
+        branch = self.hint_branches[scale]  # type: ignore[index]
+        versions = tuple(p._version for p in branch.parameters())
+        key = (scale, size, like.device, like.dtype, versions)
+        cached = self._nothing.get(key)
+        if cached is None:
+            cached = branch(torch.zeros(1, 3, *size, device=like.device, dtype=like.dtype))
+            self._nothing = {k: v for k, v in self._nothing.items() if k[:4] != key[:4]}
+            self._nothing[key] = cached
+        return cached
 
 
 def hint_branch(channels: int, width: int = 32) -> nn.Sequential:

@@ -184,3 +184,28 @@ def test_the_hint_branches_learn_without_decay_at_their_own_rate() -> None:
     assert not hint_ids & {id(p) for p in groups["decoder"]["params"]}
     assert groups["hints"]["weight_decay"] == 0 and groups["decoder"]["weight_decay"] == 1e-2
     assert groups["hints"]["lr"] == pytest.approx(config.hint_lr_scale * groups["decoder"]["lr"])
+
+
+def test_no_hints_costs_one_branch_reading_per_size_and_weights() -> None:
+    """Inference with no hints reads each branch's answer to 'no hints' from a cache (the same
+    for every image); it equals the branch run on zeros, and follows the weights when they
+    change (a fine-tune, a load)."""
+    torch.manual_seed(4)
+    model = models.build("lite0-plain-hints").eval()
+    for branch in model.net.hint_branches:
+        torch.nn.init.normal_(branch[2].weight, std=0.1)
+        torch.nn.init.normal_(branch[2].bias, std=0.1)
+    lightness = torch.rand(2, 1, 64, 64) * 100
+    with torch.enable_grad():  # the uncached path: every branch run on zero planes
+        want = model.logits(lightness).detach()
+    with torch.inference_mode():
+        torch.testing.assert_close(model.logits(lightness), want)
+        assert len(model.net._nothing) == 4
+        torch.testing.assert_close(model.logits(lightness), want)  # from the cache
+    with torch.no_grad():
+        model.net.hint_branches[3][2].bias.add_(1.0)
+    with torch.enable_grad():
+        changed = model.logits(lightness).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(lightness), changed)
+    assert not torch.allclose(changed, want)
