@@ -123,6 +123,11 @@ def init_mismatch(card: dict[str, Any], config: TrainConfig) -> str | None:
             f"--init {config.init!r} is a {arch} model and --arch is {config.arch}: a fine-tune "
             f"keeps the init model's architecture; pass --arch {arch} (the init model's"
             + (f", or {hinted} to add colour hints to it)" if hinted in ARCHITECTURES else ")")
+            + (
+                " with --hints 0.5 (a share of crops given hints)"
+                if arch.endswith(HINTS_SUFFIX)
+                else ""
+            )
             + " or drop --init"
         )
     centers, ours = torch.tensor(card["centers"]), models.gamut_bin_centers()

@@ -133,7 +133,7 @@ def test_an_init_of_another_architecture_is_refused_before_anything_is_written(
         assert says in capsys.readouterr().err, flags
         assert not out.exists(), flags
     # "default" is the shipped model, by the id colorize records for it
-    config = train_config({"init": "default"})
+    config = train_config({"init": "default", "arch": "lite2-plain-hints", "hints": 0.5})
     assert config.init_id == model_id(str(models.DEFAULT_MODEL))
     assert config.init_id.startswith("default.safetensors@")
 
