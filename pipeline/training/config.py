@@ -205,6 +205,9 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
     "ema_decay": 0.0,  # d07c6f9: the last weights were shipped
     "degrade": 0.0,  # 084291c: clean inputs only
     "film": 0.0,  # issue 29: every input L was Lab's
+    "hints": 0.0,  # issue 30: no hints (so any of the two below trained the same)
+    "hint_points": 8.0,
+    "hint_lr_scale": 10.0,
     "fold": 0,  # 084291c: the one split was fold 0's
     "stamps": "",  # 672bda9: no stamps pasted
     "paste": 0.0,
