@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from skimage import color, data
 
 import models
 from flows import cli
 from flows.colorize import ConfigError, colorize_archive
-from pipeline.archive import storage
+from pipeline.archive import hint_record, storage
 from pipeline.archive.hint_record import HINTS
+from pipeline.archive.shards import ColumnNames, list_shards, read_batches, shard_ids
+from pipeline.colorize.hints import batch_planes, loads
+from pipeline.colorize.predict import predict_low, working_batch
 from tests.archive_helpers import jpeg, read_output
 from tests.test_archive import ray_local, small_model  # noqa: F401 - shared fixtures
 from tests.test_s3 import bucket  # noqa: F401 - a bucket on the loopback S3 server
@@ -84,6 +90,14 @@ def snapshot(dest: Path) -> dict[str, bytes]:
     }
 
 
+def tree(dest: Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every path under DEST, each file's bytes and mtime (None for a folder)."""
+    return {
+        str(p.relative_to(dest)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+        for p in sorted(dest.rglob("*"))
+    }
+
+
 def run(capsys, *argv: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_code:
         cli.main(list(argv))
@@ -130,11 +144,18 @@ def test_hints_recolorize_only_their_shards_with_their_colours(tmp_path, capsys,
     assert json.loads((dest / HINTS).read_text())["hints"] == HINTS_DOC
     assert json.loads((dest / "report.json").read_text())["hinted"] == 1
 
-    # a plain run does the shard left undone, with the hints kept; then the same file again
-    # and a plain run: nothing to do, nothing written
+    # the --hints run stopped before the coffee's shard committed (DEST keeps the hints, the
+    # shard its automatic output and stats): a plain run redoes it with the hints kept, and
+    # does the shard left undone; then the same file again and a plain run: nothing to do,
+    # nothing written
+    for name in (f"{coffee_shard}.parquet", f"_stats/{coffee_shard}.json"):
+        (dest / name).write_bytes(before[name])
     code, _ = run(capsys, "colorize", str(src), str(dest), *common)
     assert code == 0 and (dest / "_stats" / f"{chelsea_shard}.json").exists()
     assert {r["id"]: r["hints"] for r in read_output(dest)}["coffee.jpg"] == 2
+    for point in HINTS_DOC["coffee.jpg"]:
+        now, want = ab_at(dest, "coffee.jpg", point["x"], point["y"]), hex_ab(point["rgb"])
+        assert np.linalg.norm(now - want) < 15, (point, now, want)
     after = snapshot(dest)
     for extra in (["--hints", str(hints)], []):
         code, out = run(capsys, "colorize", str(src), str(dest), *common, *extra)
@@ -150,32 +171,53 @@ def test_hints_recolorize_only_their_shards_with_their_colours(tmp_path, capsys,
     np.testing.assert_allclose(ab_at(dest, "coffee.jpg", 0.7, 0.3), automatic[0], atol=1.0)
 
 
-@pytest.mark.parametrize(
-    ("document", "message"),
-    [
-        ({"tea.jpg": [{"x": 0.5, "y": 0.5, "rgb": "#ffffff"}]},
-         "1 id\\(s\\) of the hints file are not in SOURCE: 'tea.jpg'"),
-        ({"coffee.jpg": [{"x": 1.5, "y": 0.5, "rgb": "#ffffff"}]},
-         "id 'coffee.jpg', point 0: x must .* outside the image"),
-        ({"coffee.jpg": [{"x": 0.5, "y": 0.5, "rgb": "blue"}]},
-         "id 'coffee.jpg', point 0: rgb must be an sRGB colour"),
-    ],
-)  # fmt: skip
-def test_a_bad_hints_file_is_refused_before_anything_is_written(
+GOOD_POINT = {"x": 0.5, "y": 0.5, "rgb": "#204080"}
+BAD_FILES = [  # (the file's text, what the refusal says)
+    ("{not json", "hints file: not JSON"),
+    (json.dumps([GOOD_POINT]), "hints file: expected an object"),
+    (json.dumps({"coffee.jpg": GOOD_POINT}), "id 'coffee.jpg': expected a list of points"),
+    (json.dumps({"coffee.jpg": [GOOD_POINT], "tea.jpg": [GOOD_POINT]}),
+     "1 id\\(s\\) of the hints file are not in SOURCE: 'tea.jpg'"),
+    (json.dumps({"coffee.jpg": [{**GOOD_POINT, "x": 1.5}]}),
+     "id 'coffee.jpg', point 0: x must .* outside the image"),
+    (json.dumps({"chelsea.jpg": [GOOD_POINT, {**GOOD_POINT, "y": -0.1}]}),
+     "id 'chelsea.jpg', point 1: y must .* outside the image"),
+    (json.dumps({"coffee.jpg": [{**GOOD_POINT, "rgb": "blue"}]}),
+     "id 'coffee.jpg', point 0: rgb must be an sRGB colour"),
+    (json.dumps({"coffee.jpg": [{**GOOD_POINT, "rgb": "#12345g"}]}),
+     "id 'coffee.jpg', point 0: rgb must be an sRGB colour"),
+    (json.dumps({"coffee.jpg": [{**GOOD_POINT, "r": 0}]}),
+     "id 'coffee.jpg', point 0: r must be a share of the short side"),
+]  # fmt: skip
+
+
+def test_a_bad_hints_file_or_model_is_refused_before_anything_is_written(
     tmp_path,
     capsys,
     ray_local,  # noqa: F811
-    document,
-    message,
+    small_model,  # noqa: F811
 ):
     src, dest = photo_folder(tmp_path / "src"), tmp_path / "dest"
+    common = ["--model", HINT_MODEL, "--shard-size", "1"]
+    code, _ = run(capsys, "colorize", str(src), str(dest), *common)
+    assert code == 0
+    # a new photo in SOURCE: a run that went on would list it in DEST (its frozen listing)
+    (src / "rocket.jpg").write_bytes(jpeg(data.rocket(), 256))
+    before = tree(dest)
     hints = tmp_path / "hints.json"
-    hints.write_text(json.dumps(document))
-    code, out = run(capsys, "colorize", str(src), str(dest), "--model", HINT_MODEL,
-                    "--hints", str(hints))  # fmt: skip
-    assert code == 2
-    assert __import__("re").search(message, out), out
-    assert not dest.exists()
+    for text, message in BAD_FILES:
+        hints.write_text(text)
+        code, out = run(capsys, "colorize", str(src), str(dest), *common, "--hints", str(hints))
+        assert code == 2, (text, out)
+        assert re.search(message, out), (message, out)
+        assert tree(dest) == before, text
+    # a good file, a model that takes no hints: the same refusal, saying what to use
+    hints.write_text(json.dumps(HINTS_DOC))
+    code, out = run(capsys, "colorize", str(src), str(dest), "--model", small_model,
+                    "--shard-size", "1", "--hints", str(hints))  # fmt: skip
+    assert code == 2, out
+    assert "takes no colour hints; use a hint-aware model" in out
+    assert tree(dest) == before
 
 
 def test_a_model_without_hints_is_refused(tmp_path, small_model):  # noqa: F811
@@ -201,3 +243,80 @@ def test_hints_on_s3(tmp_path, bucket, s3_server, ray_local):  # noqa: F811
     again = colorize_archive(f"s3://{bucket}/scans", dest, hints=f"s3://{bucket}/hints.json",
                              **options)  # fmt: skip
     assert again["shards"]["done"] == 0
+    # --recolorize (another temperature) redoes every shard, the hinted one with its hints
+    redo = colorize_archive(f"s3://{bucket}/scans", dest, recolorize=True,
+                            **{**options, "temperature": 0.3})  # fmt: skip
+    assert redo["shards"]["done"] == 3 and redo["hinted"] == 1
+    fs, _ = storage.arrow_fs(dest)
+    parts = [u.removeprefix("s3://") for u in storage.list_files(dest) if u.endswith(".parquet")]
+    rows = pq.read_table(parts, filesystem=fs, columns=["id", "hints"]).to_pylist()
+    assert sorted((r["id"], r["hints"]) for r in rows) == [
+        ("astronaut.jpg", 0), ("chelsea.jpg", 0), ("coffee.jpg", 2)]  # fmt: skip
+
+
+def test_the_hints_in_effect_merge_and_hash(tmp_path):
+    """A file's ids replace theirs, [] drops them; DEST's record round-trips; a shard's hash
+    is the manifest's without hints, and follows its ids' points (not their key order)."""
+    a, b = {"x": 0.1, "y": 0.2, "rgb": "#102030"}, {"x": 0.5, "y": 0.5, "rgb": "#ff0000", "r": 0.1}
+    kept = {"p.jpg": [a], "q.jpg": [a, b]}
+    assert hint_record.merged(kept, {"q.jpg": [b], "s.jpg": [a]}) == {
+        "p.jpg": [a], "q.jpg": [b], "s.jpg": [a]}  # fmt: skip
+    assert hint_record.merged(kept, {"p.jpg": []}) == {"q.jpg": [a, b]}
+    dest = str(tmp_path / "dest")
+    assert hint_record.read(dest) == {}
+    hint_record.write(dest, kept)
+    assert hint_record.read(dest) == kept
+    assert hint_record.of_ids(kept, ["q.jpg", "r.jpg"]) == {"q.jpg": [a, b]}
+    settings = {"model": "m", "temperature": 0.2}
+    digest = hint_record.shard_settings_hash
+    assert digest(settings, "manifest", {}) == "manifest"
+    shard_hints = ({"p.jpg": [a]}, {"p.jpg": [b]}, {"q.jpg": [a]}, {"p.jpg": [a, a]})
+    hashes = {digest(settings, "manifest", h) for h in shard_hints}
+    assert len(hashes) == 4 and "manifest" not in hashes
+    reordered = {"p.jpg": [{"rgb": "#102030", "y": 0.2, "x": 0.1}]}
+    assert digest(settings, "manifest", reordered) == digest(settings, "manifest", {"p.jpg": [a]})
+
+
+@pytest.mark.parametrize("with_id", [True, False])
+@pytest.mark.parametrize("namespace", ["", "more"])
+def test_shard_ids_are_the_ids_its_rows_get(tmp_path, with_id, namespace):
+    """The flow finds a hinted id's shard by `shard_ids`; the worker names rows by
+    `read_batches`: the same ids, Parquet (with an id column or without) or files."""
+    parquet, files = tmp_path / "parquet", photo_folder(tmp_path / "files")
+    parquet.mkdir()
+    image = jpeg(data.coffee(), 32)
+    columns = {
+        "image": [image] * 5,
+        **({"id": [f"a/{i}.jpg" for i in range(5)]} if with_id else {}),
+    }
+    pq.write_table(pa.table(columns), parquet / "part-0.parquet", row_group_size=2)
+    names = ColumnNames("image", "id")
+    for source in (parquet, files):
+        for shard in list_shards(str(source), str(tmp_path / "dest"), 2, namespace):
+            read = [i for batch in read_batches(shard, names, 2) for i in batch.ids]
+            assert shard_ids(shard, names) == read and len(read) == len(set(read)) > 0
+
+
+def test_the_network_itself_takes_the_hints(small_model):  # noqa: F811
+    """`predict_low` gives each image's hint planes to the network (its logits), not only to
+    the blend after decoding; no hints, or empty lists, is the automatic forward exactly; a
+    model that takes none refuses them."""
+    model = models.load(HINT_MODEL)
+    lightness = [color.rgb2lab(data.coffee()[::2, ::2])[..., 0].astype(np.float32)]
+    hints = [loads(json.dumps(HINTS_DOC))["coffee.jpg"]]
+    automatic, _ = predict_low(model, lightness)
+    assert torch.equal(predict_low(model, lightness, hints=[[]])[0], automatic)
+    hinted, _ = predict_low(model, lightness, hints=hints)
+    grid = model.working_size // 4
+    for hint in hints[0]:  # on its cell, the hint's colour
+        cell = hinted[0, :, int(hint.y * grid), int(hint.x * grid)]
+        assert torch.allclose(cell, torch.tensor([hint.a, hint.b]), atol=3.0), (hint, cell)
+    batch = working_batch(lightness, model.working_size, model.device)
+    blend_only = model.with_hints(automatic, batch_planes(hints, grid, grid, model.device), batch)
+    assert float((hinted - blend_only).norm(dim=1).max()) > 5
+    plain = models.load(small_model)
+    assert torch.equal(
+        predict_low(plain, lightness, hints=[[]])[0], predict_low(plain, lightness)[0]
+    )
+    with pytest.raises(ValueError, match="takes no colour hints"):
+        predict_low(plain, lightness, hints=hints)
