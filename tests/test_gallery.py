@@ -174,8 +174,11 @@ def test_write_gallery_views_pages_and_counts(handmade) -> None:
         "input-errors": 1,
         "uncertain-errors": 1,
         "colourless-errors": 1,
+        "input-hinted": 1,  # no row of this DEST was colorized with hints: one empty page
+        "uncertain-hinted": 1,
+        "colourless-hinted": 1,
     }
-    assert summary["pages"] == 9 and summary["index"] == str(dest / "gallery" / "index.html")
+    assert summary["pages"] == 12 and summary["index"] == str(dest / "gallery" / "index.html")
 
     name, (meta,) = _call(dest / "gallery" / "data" / "meta.js")
     assert name == "galleryMeta"
@@ -237,7 +240,7 @@ def test_write_gallery_views_pages_and_counts(handmade) -> None:
 
 def test_write_gallery_empty_archive(tmp_path: Path) -> None:
     summary = write_gallery(str(tmp_path / "nothing"))
-    assert (summary["images"], summary["pages"]) == (0, 6)
+    assert (summary["images"], summary["pages"]) == (0, 9)  # 3 sorts x (all, errors, hinted)
     _, (_view_name, _page, items) = _call(tmp_path / "nothing/gallery/data/input-all-00000.js")
     assert items == []
 

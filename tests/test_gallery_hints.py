@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 from skimage import color as skimage_color
 
 from flows.colorize import colorize_archive
@@ -31,7 +34,7 @@ from pipeline.colorize.previews import fit
 from pipeline.review.gallery import GRID, colour_grid, write_gallery
 from tests import test_archive, test_gallery
 from tests.archive_helpers import make_image_folder
-from tests.test_gallery import _call, _open, _save_screenshot, _severe, _wait
+from tests.test_gallery import _call, _choose, _open, _save_screenshot, _severe, _wait
 
 pytestmark = pytest.mark.slow
 browser = test_gallery.browser  # the shared fixtures: headless Chromium, a hand-made DEST
@@ -550,3 +553,231 @@ def test_hints_file_of_a_real_run(tmp_path: Path, ray_local, browser) -> None:
     assert np.linalg.norm(_ab_at(hinted, 0.62, 0.55) - taken) < 12
     changed = {n for n, blob in others.items() if (dest / n).read_bytes() != blob}
     assert changed == {hinted_shard}
+    # the run's gallery labels the row colorized with hints, and no other
+    assert_used_hints_shown(browser, dest, {row_id: 2}, tmp_path, "gallery-hinted-real-run")
+
+
+# --- clear all hints; the rows colorized with hints -------------------------------------------
+def _keep_screenshot(driver: Any, tmp_path: Path, name: str) -> None:
+    """A screenshot of the page as it is (no focus ring), in tmp_path and /work/exp if present."""
+    driver.execute_script("document.activeElement.blur()")
+    path = tmp_path / f"{name}.png"
+    _save_screenshot(driver, path)
+    print(f"\nscreenshot: {path}")
+    if EXP_SCREENSHOT.parent.is_dir():
+        shutil.copyfile(path, EXP_SCREENSHOT.with_name(path.name))
+
+
+def stored_hints(driver: Any, dest: str | None = None) -> Any:
+    """The hints the page keeps in localStorage for `dest` (the open gallery's by default),
+    parsed; None when nothing is stored."""
+    text = driver.execute_script(
+        "return localStorage.getItem('archive-colorize/hints/' + (arguments[0] || meta.dest))",
+        dest,
+    )
+    return None if text is None else json.loads(text)
+
+
+def placed_badges(driver: Any) -> dict[str, str]:
+    """{row id: text} of the grid's shown "N hints" badges (hints placed in the page)."""
+    found: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('.card')].flatMap(c => {"
+        "  const b = c.querySelector('.pill.hinted');"
+        "  return b.checkVisibility() ? [[c.dataset.id, b.textContent]] : []; }))"
+    )
+    return found
+
+
+def used_labels(driver: Any) -> dict[str, str]:
+    """{row id: text} of the grid's shown "colorized with N hints" labels (the hints column)."""
+    found: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('.card')].flatMap(c => {"
+        "  const u = c.querySelector('.used-hints');"
+        "  return u && u.checkVisibility() ? [[c.dataset.id, u.textContent]] : []; }))"
+    )
+    return found
+
+
+def clear_all(driver: Any, accept: bool) -> str:
+    """Click `clear hints` and answer its confirm(); returns the question asked."""
+    driver.find_element("id", "hints-clear").click()
+    alert = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+    question: str = alert.text
+    if accept:
+        alert.accept()
+    else:
+        alert.dismiss()
+    return question
+
+
+def test_clear_all_hints_asks_then_empties_the_list_and_storage(
+    handmade, browser, tmp_path: Path
+) -> None:
+    """Hints on two images (one on page 2); `clear hints` asks first: dismissed, every hint is
+    kept (list, badges, storage); accepted, none is left in the page, its storage or after a
+    reload, while another DEST's hints in the same browser are untouched."""
+    dest, _rows = handmade
+    write_gallery(str(dest))
+    _open(browser, dest)
+    assert not browser.find_element("id", "hints-clear").is_enabled()  # nothing to clear
+    other = "s3://another/dest"
+    other_hints = {"x.jpg": [{"x": 0.5, "y": 0.5, "rgb": "#123456"}]}
+    browser.execute_script(
+        "localStorage.setItem('archive-colorize/hints/' + arguments[0], arguments[1])",
+        other,
+        json.dumps(other_hints),
+    )
+    for row_id, points in (("a/0002.jpg", [(0.3, 0.4), (0.6, 0.7)]), ("a/0201.jpg", [(0.5, 0.5)])):
+        open_row(browser, row_id)
+        for x, y in points:
+            click_image(browser, x, y)
+        n = len(points)
+        _wait(browser, lambda d, n=n: len(listed(d)) == n, "hints listed")
+        close_overlay(browser)
+    browser.find_element("id", "prev").click()
+    _wait(browser, lambda d: "a/0002.jpg" in placed_badges(d), "page 1 and its badges")
+    assert placed_badges(browser) == {"a/0002.jpg": "2 hints"}
+    assert browser.find_element("id", "hints-total").text == "3 hints on 2 images"
+    assert sorted(stored_hints(browser)) == ["a/0002.jpg", "a/0201.jpg"]
+    browser.execute_script("window.scrollTo(0, 0)")
+    _keep_screenshot(browser, tmp_path, "gallery-clear-grid-before")
+
+    # dismissed: nothing is lost
+    question = clear_all(browser, accept=False)
+    assert "3 hints on 2 images" in question and str(dest) in question
+    assert browser.find_element("id", "hints-total").text == "3 hints on 2 images"
+    assert placed_badges(browser) == {"a/0002.jpg": "2 hints"}
+    assert [len(v) for v in stored_hints(browser).values()] == [2, 1]
+    open_row(browser, "a/0002.jpg")
+    assert len(listed(browser)) == 2 and len(marks(browser)) == 2
+    close_overlay(browser)
+
+    # accepted: all gone, from the page and the browser's storage
+    clear_all(browser, accept=True)
+    assert browser.find_element("id", "hints-total").text == "no hints"
+    assert not browser.find_element("id", "hints-clear").is_enabled()
+    assert not browser.find_element("id", "hints-download").is_enabled()
+    assert placed_badges(browser) == {}
+    assert stored_hints(browser) is None
+    assert stored_hints(browser, other) == other_hints  # another DEST's are not this page's
+    _keep_screenshot(browser, tmp_path, "gallery-clear-grid-after")
+    open_row(browser, "a/0002.jpg")
+    assert listed(browser) == [] and marks(browser) == [] and marks(browser, "in") == []
+    assert browser.find_element("css selector", "#hint-list li.empty").is_displayed()
+    _keep_screenshot(browser, tmp_path, "gallery-clear-view-after")
+    close_overlay(browser)
+
+    browser.refresh()  # and they do not come back
+    _wait(browser, lambda d: d.find_elements("css selector", ".card"), "reloaded")
+    assert browser.find_element("id", "hints-total").text == "no hints"
+    open_row(browser, "a/0201.jpg")
+    assert listed(browser) == []
+    assert _severe(browser) == []
+
+
+def _set_hints_column(dest: Path, shard: str, counts: dict[int, int] | None) -> None:
+    """Rewrite a hand-made shard's `hints` column: {row position: count} (others null), or
+    drop the column (None: a shard of a run from before hints)."""
+    path = dest / f"{shard}.parquet"
+    table = pq.read_table(path)
+    if counts is None:
+        table = table.drop_columns(["hints"])
+    else:
+        column = pa.array([counts.get(i) for i in range(table.num_rows)], pa.int32())
+        table = table.set_column(table.schema.get_field_index("hints"), "hints", column)
+    pq.write_table(table, path)
+
+
+def _card_ids(driver: Any) -> list[str]:
+    return [c.get_attribute("data-id") for c in driver.find_elements("css selector", ".card")]
+
+
+def assert_used_hints_shown(
+    driver: Any, dest: Path, want: dict[str, int], tmp_path: Path, screenshots: str
+) -> None:
+    """DEST's gallery (as built) labels exactly the rows in `want` ({id: its hints column, in
+    input order}) as colorized with their count, in the grid (all rows, then the `colorized with
+    hints` filter) and in each one's large view, and not an unhinted row's; the grid and the
+    first row's large view are kept as `screenshots`-{grid,view}.png."""
+
+    def label(n: int) -> str:
+        return f"colorized with {n} hint" + ("" if n == 1 else "s")
+
+    _open(driver, dest)
+    assert driver.find_element("id", "n-hinted").text == f"({len(want)})"
+    labelled: dict[str, str] = {}
+    while True:  # every page of the view of all rows
+        labelled.update(used_labels(driver))
+        if not driver.find_element("id", "next").is_enabled():
+            break
+        page = driver.execute_script("return state.page")
+        driver.find_element("id", "next").click()
+        _wait(driver, lambda d, p=page: d.execute_script("return state.page") == p + 1, "paged")
+        _choose(driver)
+    assert labelled == {row_id: label(n) for row_id, n in want.items()}
+
+    driver.find_element("id", "hinted-only").click()  # the filter: exactly those rows
+    _choose(driver)
+    assert driver.execute_script("return location.hash").endswith("&hinted=1&page=1")
+    assert _card_ids(driver) == list(want)
+    assert used_labels(driver) == labelled
+    driver.execute_script("window.scrollTo(0, 0)")
+    _keep_screenshot(driver, tmp_path, f"{screenshots}-grid")
+    for row_id, n in want.items():
+        open_row(driver, row_id)
+        used = driver.find_element("id", "ov-used")
+        assert used.is_displayed() and used.text.lower() == label(n)
+        assert f"colorized with\n{n} hint" in driver.find_element("id", "ov-fields").text
+        if row_id == next(iter(want)):
+            _keep_screenshot(driver, tmp_path, f"{screenshots}-view")
+        close_overlay(driver)
+
+    driver.find_element("id", "hinted-only").click()
+    _choose(driver)
+    unhinted = next(i for i in _card_ids(driver) if i not in want)
+    open_row(driver, unhinted)
+    assert not driver.find_element("id", "ov-used").is_displayed()
+    assert "colorized with\n0 hints" in driver.find_element("id", "ov-fields").text
+    close_overlay(driver)
+    assert _severe(driver) == []
+
+
+def test_rows_colorized_with_hints_are_labelled_and_filtered(
+    handmade, browser, tmp_path: Path
+) -> None:
+    """The shards' `hints` column in the page: counts in the page data (null, and a shard of an
+    older run with no such column, are 0), the `colorized with N hints` label on exactly those
+    rows' cards and large views, the `colorized with hints` filter; a hint placed in the page
+    keeps its own badge, beside the label."""
+    dest, rows = handmade
+    _set_hints_column(dest, "a", {2: 3, 7: 1, 201: 2})
+    _set_hints_column(dest, "b", None)
+    write_gallery(str(dest))
+    _, (meta,) = _call(dest / "gallery" / "data" / "meta.js")
+    assert meta["views"]["input-hinted"] == {"items": 3, "pages": 1}
+    _, (_, _, hinted) = _call(dest / "gallery" / "data" / "input-hinted-00000.js")
+    assert [(i["id"], i["hints"]) for i in hinted] == [
+        ("a/0002.jpg", 3),
+        ("a/0007.jpg", 1),
+        ("a/0201.jpg", 2),
+    ]
+    counts: dict[str, int] = {}
+    for page in range(meta["views"]["input-all"]["pages"]):
+        _, (_, _, items) = _call(dest / "gallery" / "data" / f"input-all-{page:05d}.js")
+        counts.update({i["id"]: i["hints"] for i in items})
+    assert len(counts) == len(rows) and sum(counts.values()) == 6  # the others (b's too): 0
+    assert counts["b/0000.jpg"] == 0 and counts["a/0000.jpg"] == 0
+
+    _open(browser, dest)
+    open_row(browser, "a/0002.jpg")  # a hint placed in the page: its badge, not the label
+    click_image(browser, 0.5, 0.5)
+    close_overlay(browser)
+    assert placed_badges(browser) == {"a/0002.jpg": "1 hint"}
+    assert_used_hints_shown(
+        browser,
+        dest,
+        {"a/0002.jpg": 3, "a/0007.jpg": 1, "a/0201.jpg": 2},
+        tmp_path,
+        "gallery-hinted",
+    )
+    assert placed_badges(browser) == {"a/0002.jpg": "1 hint"}  # still, and only the badge

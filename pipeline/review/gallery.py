@@ -4,9 +4,10 @@
 no server behind it: it is opened from disk (file://) or an S3 static website, where a
 browser refuses fetch()/XHR of local JSON, so every data file is a script that calls a global
 callback (JSONP style) and is loaded by adding a <script> tag. The views a person needs
-(input order, most uncertain first, lowest colourfulness first; all rows or errors only) are
-precomputed in pages of PAGE_SIZE items, so a 100,000-image archive opens as fast as a small
-one: the browser only ever loads one page. The images are the workers' previews
+(input order, most uncertain first, lowest colourfulness first; all rows, errors only or the
+rows colorized with colour hints, by the shards' `hints` column) are precomputed in pages of
+PAGE_SIZE items, so a 100,000-image archive opens as fast as a small one: the browser only ever
+loads one page. The images are the workers' previews
 (pipeline/colorize/previews.py), linked by relative URL; this module reads only the light columns of
 the output shards, never an output image.
 
@@ -52,8 +53,8 @@ GRID = 48  # the long side of an output's colour grid (the page takes hint colou
 
 # The light columns an item carries, in display order; `image` is never read.
 FLOAT_FIELDS = ("uncertainty", "colorfulness", "auc", "auc_rebalanced", "psnr", "ssim")
-ITEM_FIELDS = ("id", "shard", "index", "status", "error", "width", "height", *FLOAT_FIELDS)
-_READ_COLUMNS = ("id", "status", "error", "width", "height", *FLOAT_FIELDS)
+ITEM_FIELDS = ("id", "shard", "index", "status", "error", "width", "height", "hints", *FLOAT_FIELDS)
+_READ_COLUMNS = ("id", "status", "error", "width", "height", "hints", *FLOAT_FIELDS)
 
 Item = dict[str, Any]
 
@@ -77,6 +78,7 @@ SORTS: dict[str, tuple[str, Callable[[Item], Any] | None]] = {
 FILTERS: dict[str, Callable[[Item], bool]] = {
     "all": lambda item: True,
     "errors": lambda item: item["status"] != "ok",
+    "hinted": lambda item: item["hints"] > 0,  # colorized with colour hints
 }
 
 
@@ -105,6 +107,12 @@ def read_items(dest: str, stats: list[ShardStats]) -> list[Item]:
     return [item for items in shards for item in items]
 
 
+def _hint_count(value: Any) -> int:
+    """A row's `hints` column: the hints it was colorized with; null (or no column, in shards of
+    runs before hints) is none."""
+    return int(value) if value is not None else 0
+
+
 def _clip(error: str | None) -> str | None:
     return error if error is None or len(error) <= ERROR_CHARS else error[: ERROR_CHARS - 1] + "…"
 
@@ -129,6 +137,7 @@ def _read_shard(dest: str, shard: str) -> list[Item]:
                 "error": _clip(row["error"]),
                 "width": row["width"],
                 "height": row["height"],
+                "hints": _hint_count(row["hints"]),
                 **{name: _finite(row[name]) for name in FLOAT_FIELDS},
             }
         )

@@ -1,5 +1,5 @@
 "use strict";
-const state = { sort: "input", errors: false, page: 0 };
+const state = { sort: "input", errors: false, hinted: false, page: 0 };
 const pages = new Map();     // "view/page" -> items
 const requested = new Set(); // data files already asked for
 let meta = null;
@@ -28,8 +28,10 @@ function pathOf(item) {
   return shard + "/" + String(item.index).padStart(6, "0");
 }
 function preview(item, size, side) { return size + "/" + pathOf(item) + "-" + side + ".jpg"; }
-function viewName() { return state.sort + "-" + (state.errors ? "errors" : "all"); }
+function filterName() { return state.errors ? "errors" : state.hinted ? "hinted" : "all"; }
+function viewName() { return state.sort + "-" + filterName(); }
 function pageCount() { return meta ? meta.views[viewName()].pages : 1; }
+function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
 function el(tag, cls, text) {
   const node = document.createElement(tag);
   if (cls) node.className = cls;
@@ -44,6 +46,7 @@ function galleryMeta(m) {
   $("n-images").textContent = m.images.toLocaleString("en");
   $("n-ok").textContent = m.ok.toLocaleString("en");
   $("n-errors").textContent = m.errors.toLocaleString("en");
+  $("n-hinted").textContent = "(" + m.views["input-hinted"].items.toLocaleString("en") + ")";
   // one model's line already counts its shards; with several (or none), give the total too
   var oneModel = m.models && Object.keys(m.models).length === 1;
   $("model").textContent = oneModel ? "model " + m.model :
@@ -83,6 +86,7 @@ function readHash() {
   const sort = params.get("sort");
   state.sort = meta && sort && meta.sorts[sort] ? sort : "input";
   state.errors = params.get("errors") === "1";
+  state.hinted = !state.errors && params.get("hinted") === "1";
   const page = parseInt(params.get("page") || "1", 10) - 1;
   state.page = Math.min(Math.max(Number.isFinite(page) ? page : 0, 0), pageCount() - 1);
 }
@@ -90,7 +94,7 @@ function go(change) {
   Object.assign(state, change);
   state.page = Math.min(Math.max(state.page, 0), pageCount() - 1);
   const hash = "#sort=" + state.sort + "&errors=" + (state.errors ? 1 : 0) +
-    "&page=" + (state.page + 1);
+    (state.hinted ? "&hinted=1" : "") + "&page=" + (state.page + 1);
   if (location.hash === hash) show();
   else location.hash = hash;  // -> hashchange -> show()
 }
@@ -102,6 +106,7 @@ function show() {
   const total = pageCount();
   $("sort").value = state.sort;
   $("errors-only").checked = state.errors;
+  $("hinted-only").checked = state.hinted;
   $("page-info").textContent = "page " + (state.page + 1) + " of " + total;
   $("prev").disabled = state.page <= 0;
   $("next").disabled = state.page >= total - 1;
@@ -114,11 +119,14 @@ function show() {
   shown = items;
   const count = meta.views[view].items;
   const first = state.page * meta.page_size;
-  $("message").textContent = count === 0
-    ? (state.errors ? "No errors in this archive." : "No images yet.")
+  const [none, rows] = {
+    all: ["No images yet.", " images"],
+    errors: ["No errors in this archive.", " error rows"],
+    hinted: ["No rows colorized with hints yet.", " rows colorized with hints"],
+  }[filterName()];
+  $("message").textContent = count === 0 ? none
     : (first + 1).toLocaleString("en") + "\u2013" + (first + items.length).toLocaleString("en") +
-      " of " + count.toLocaleString("en") + (state.errors ? " error rows" : " images") +
-      ", " + meta.sorts[state.sort];
+      " of " + count.toLocaleString("en") + rows + ", " + meta.sorts[state.sort];
   const grid = $("grid");
   grid.replaceChildren(...items.map(card));
   showHintCounts();
@@ -153,9 +161,11 @@ function card(item, position) {
   const name = el("span", "name", item.id);
   name.title = item.id;
   const badge = el("span", "pill hinted");
+  badge.title = "hints placed in this browser, not yet colorized";
   badge.hidden = true;
   head.append(name, badge, el("span", "pill " + (ok ? "ok" : "error"), item.status));
   info.appendChild(head);
+  if (item.hints > 0) info.appendChild(usedHints(el("div", "used-hints"), item));
   info.appendChild(el("div", "where", item.shard + " \u00b7 row " + item.index +
     (item.width ? " \u00b7 " + item.width + "\u00d7" + item.height : "")));
   if (ok) {
@@ -184,6 +194,15 @@ function card(item, position) {
   return node;
 }
 
+// a row's `hints` column: the hints its output was colorized with (not those placed here)
+function usedHints(node, item) {
+  node.hidden = !(item.hints > 0);
+  node.textContent = item.hints > 0 ? "colorized with " + plural(item.hints, "hint") : "";
+  node.title = "this output was colorized with " + plural(item.hints || 0, "colour hint") +
+    " (colorize --hints; DEST/_hints.json keeps them)";
+  return node;
+}
+
 // --- overlay -------------------------------------------------------------------------------
 function openItem(position) {
   const item = shown[position];
@@ -194,6 +213,7 @@ function openItem(position) {
   const pill = $("ov-status");
   pill.className = "pill " + (ok ? "ok" : "error");
   pill.textContent = item.status;
+  usedHints($("ov-used"), item);
   $("ov-views").hidden = !ok;
   $("hint-tools").hidden = !ok;
   $("hint-list").hidden = !ok;
@@ -216,7 +236,8 @@ function openItem(position) {
   fields.replaceChildren();
   const rows = [["id", item.id], ["shard", item.shard], ["row", String(item.index)],
     ["status", item.status],
-    ["size", item.width ? item.width + " \u00d7 " + item.height + " px" : EMPTY]];
+    ["size", item.width ? item.width + " \u00d7 " + item.height + " px" : EMPTY],
+    ["colorized with", plural(item.hints || 0, "hint")]];
   for (const [key, label, format] of METRICS) rows.push([label, format(item[key])]);
   for (const [label, value] of rows) {
     const cell = el("div");
@@ -248,7 +269,10 @@ document.addEventListener("keydown", (e) => {
 
 // --- controls ------------------------------------------------------------------------------
 $("sort").addEventListener("change", (e) => go({ sort: e.target.value, page: 0 }));
-$("errors-only").addEventListener("change", (e) => go({ errors: e.target.checked, page: 0 }));
+$("errors-only").addEventListener("change",
+  (e) => go({ errors: e.target.checked, hinted: false, page: 0 }));
+$("hinted-only").addEventListener("change",
+  (e) => go({ hinted: e.target.checked, errors: false, page: 0 }));
 $("prev").addEventListener("click", () => { go({ page: state.page - 1 }); window.scrollTo(0, 0); });
 $("next").addEventListener("click", () => { go({ page: state.page + 1 }); window.scrollTo(0, 0); });
 
@@ -291,6 +315,19 @@ function loadHints() {
       "it is closed (download them before).";
   }
   showTotal();
+}
+function clearHints() {
+  const count = hintCount();
+  const ask = "Remove all " + plural(count, "hint") + " on " +
+    plural(Object.keys(hints).length, "image") + " placed for " + meta.dest + "?\n" +
+    "They are kept nowhere else unless you downloaded hints.json.";
+  if (count === 0 || !confirm(ask)) return;
+  hints = {};
+  if (hintsKey !== null) {
+    try { localStorage.removeItem(hintsKey); } catch (err) { /* none */ }
+  }
+  showHints();
+  showHintCounts();
 }
 function saveHints() {
   if (hintsKey === null) return;
@@ -376,13 +413,15 @@ function showTools() {
        "its output colour \u00b7 Esc cancels" : "no colour data for this image: go to another")
     : "click an image to place a hint";
 }
+function hintCount() { return Object.values(hints).reduce((n, points) => n + points.length, 0); }
 function showTotal() {
   const ids = Object.keys(hints);
-  const count = ids.reduce((n, id) => n + hints[id].length, 0);
+  const count = hintCount();
   $("hints-total").textContent = count === 0 ? "no hints" :
     count + (count === 1 ? " hint" : " hints") + " on " + ids.length +
     (ids.length === 1 ? " image" : " images");
   $("hints-download").disabled = count === 0;
+  $("hints-clear").disabled = count === 0;
 }
 function showHintCounts() {
   for (const node of document.querySelectorAll(".card")) {
@@ -456,3 +495,4 @@ for (const id of ["ov-views", "hint-tools", "hint-list"]) {
 $("hint-colour").addEventListener("input", (e) => setColour(e.target.value.toLowerCase()));
 $("hint-take").addEventListener("click", () => setTaking(!taking));
 $("hints-download").addEventListener("click", downloadHints);
+$("hints-clear").addEventListener("click", clearHints);
