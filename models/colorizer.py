@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from models.bins import gamut_bin_centers
 from models.decode import DEFAULT_TEMPERATURE, annealed_mean_from_logits, uncertainty
-from models.hints import honoured
+from models.hints import honoured, reach
 from models.nets import make_net, takes_hints
 from models.targets import rebalance_weights
 
@@ -72,13 +72,32 @@ class Colorizer(nn.Module):
     def logits(self, lightness: Tensor, hints: Tensor | None = None) -> Tensor:
         """Logits over the bins; with `flip_average`, the mean of the image's and its mirror's
         (test-time augmentation: twice the forward cost). `hints`: (N, 3, h, w) planes on the
-        output grid (models/hints.py), for a hint-aware model only; None: no hints."""
+        output grid (models/hints.py), for a hint-aware model only; None: no hints.
+
+        With hints, an image's logits are its automatic ones where no hint reaches
+        (`hints.reach`) and the hinted net's near its hints: a second forward, for the hinted
+        images of the batch only."""
         if hints is not None and not self.takes_hints:
             raise ValueError(
                 f"this {self.arch} model takes no colour hints: use a hint-aware model "
                 "(architecture ending in -hints)"
             )
         x = (lightness - self.l_center) / self.l_scale
+        automatic = self.net_logits(x)
+        if hints is None:
+            return automatic
+        hinted = torch.nonzero(hints[:, 2].flatten(1).any(1))[:, 0]
+        if hinted.numel() == 0:
+            return automatic
+        x, hints = x[hinted], hints[hinted]
+        near = reach(hints, x).to(automatic.dtype)
+        out = automatic.clone()
+        out[hinted] = automatic[hinted] + near * (self.net_logits(x, hints) - automatic[hinted])
+        return out
+
+    def net_logits(self, x: Tensor, hints: Tensor | None = None) -> Tensor:
+        """The network on centred L (with hint planes for a hint-aware one), mirrored and
+        averaged with `flip_average`."""
         if not self.takes_hints:
             if not self.flip_average:
                 return self.net(x)

@@ -89,37 +89,63 @@ SPREAD = 0.1  # a hint's reach: a Gaussian of this share of the grid's short sid
 TONE = 0.08  # ...and of this difference of centred L (8 L units): it stops at edges
 
 
-def propagate(planes: Tensor, lightness: Tensor) -> Tensor:
+def propagate(
+    planes: Tensor,
+    lightness: Tensor,
+    spread: float = SPREAD,
+    tone: float = TONE,
+    sharpness: float = 1.0,
+) -> Tensor:
     """Sparse hint planes (N, 3, h, w) and the net's centred L (N, 1, H, W) -> dense planes:
     every cell's hint colour (the hints' ab averaged with weights falling with distance and
     with difference of L from the hint's cell, an edge-aware spread) and its confidence (the
     largest weight: 1 on a hint, 0 far from any or across an edge). Cells without a hint near
-    get ab 0 and confidence 0: a net given no hints sees zeros, as in training."""
+    get ab 0 and confidence 0: a net given no hints sees zeros, as in training. `spread` and
+    `tone`: the Gaussians' widths, as SPREAD's and TONE's; `sharpness` > 1 averages the colours
+    by the weights to that power: near a hint its own colour, mixes only between hints."""
     n, _, h, w = planes.shape
-    tone = F.adaptive_avg_pool2d(lightness, (h, w)).flatten(1)  # (N, h*w)
+    tones = F.adaptive_avg_pool2d(lightness, (h, w)).flatten(1)  # (N, h*w)
     rows = torch.arange(h, device=planes.device, dtype=planes.dtype)
     cols = torch.arange(w, device=planes.device, dtype=planes.dtype)
     ys, xs = torch.meshgrid(rows, cols, indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    reach = SPREAD * min(h, w)
+    reach = spread * min(h, w)
     out = torch.zeros_like(planes)
     for i in range(n):
         hinted = torch.nonzero(planes[i, 2].flatten() > 0).flatten()
         if hinted.numel() == 0:
             continue
         far = ((ys[None] - ys[hinted, None]) ** 2 + (xs[None] - xs[hinted, None]) ** 2) / reach**2
-        unlike = (tone[i][None] - tone[i, hinted, None]) ** 2 / TONE**2
+        unlike = (tones[i][None] - tones[i, hinted, None]) ** 2 / tone**2
         weight = torch.exp(-0.5 * (far + unlike))  # (K, h*w)
         ab = planes[i, :2].flatten(1)[:, hinted]  # (2, K)
-        total = weight.sum(0).clamp(min=1e-12)
-        out[i, :2] = (ab @ weight / total).view(2, h, w)
+        mixing = weight**sharpness
+        total = mixing.sum(0).clamp(min=1e-12)
+        out[i, :2] = (ab @ mixing / total).view(2, h, w)
         out[i, 2] = weight.amax(0).view(h, w)
     return out
+
+
+# How far a hint-aware net's answer to the hints is taken (`reach`): wider than the colour's own
+# spread, since the net moves a whole region it sees, but not over the whole image, where one
+# hint made the net's colours stronger everywhere and so more often wrong (docs/training.md)
+REACH_SPREAD = 0.6
+REACH_TONE = 0.16
+
+
+def reach(planes: Tensor, lightness: Tensor) -> Tensor:
+    """Sparse hint planes (N, 3, h, w) and the net's centred L -> (N, 1, h, w) in [0, 1]: how
+    much of each cell's output is the hinted net's, the rest being its automatic answer
+    (`Colorizer.logits`). 1 on a hint, falling with distance and across edges, 0 far from
+    every hint: a hint on a cup leaves the table as it was."""
+    return propagate(planes.float(), lightness.float(), REACH_SPREAD, REACH_TONE)[:, 2:3]
 
 
 # the decoded ab is pulled to the hint field by confidence ** this (1: the best of 1, 2, 4 on
 # group-1's held-out sources, docs/training.md)
 BLEND_POWER = 1.0
+PULL_SPREAD, PULL_TONE = 0.2, 0.16  # and wider than the net's spread (docs/training.md),
+PULL_SHARPNESS = 4.0  # so each hint's colour holds near it, where another's reaches too
 
 
 def honoured(ab: Tensor, planes: Tensor, lightness: Tensor) -> Tensor:
@@ -127,9 +153,13 @@ def honoured(ab: Tensor, planes: Tensor, lightness: Tensor) -> Tensor:
     proportion to its confidence to a power: on a hint's cell, the hint's colour exactly;
     away from it, or across an edge, the network's. What the archivist said stays said, even
     for a colour the network finds unlikely."""
-    dense = propagate(planes.float(), lightness.float())
-    weight = dense[:, 2:3] ** BLEND_POWER
-    return ab + weight * (dense[:, :2] * AB_SCALE - ab)
+    planes = planes.float()
+    dense = propagate(planes, lightness.float(), PULL_SPREAD, PULL_TONE, PULL_SHARPNESS)
+    # a hint's own cells keep its colour, not a mix with other hints the wide spread reaches
+    own = planes[:, 2:3] > 0
+    colour = torch.where(own, planes[:, :2], dense[:, :2]) * AB_SCALE
+    weight = torch.where(own, 1.0, dense[:, 2:3] ** BLEND_POWER)
+    return ab + weight * (colour - ab)
 
 
 def logit_bias(dense: Tensor, centers: Tensor, width: float = 10.0) -> Tensor:

@@ -209,3 +209,69 @@ def test_no_hints_costs_one_branch_reading_per_size_and_weights() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.logits(lightness), changed)
     assert not torch.allclose(changed, want)
+
+
+def test_away_from_its_hints_an_image_keeps_its_automatic_colours() -> None:
+    """The shipped default, one saturated blue hint on skimage's coffee cup: the hint's cell
+    takes its colour, and the output moves from the automatic one only as far as the hint
+    reaches (`hints.reach`: by distance and likeness of L); a picture in the same batch
+    without hints is untouched."""
+    from skimage import data
+
+    from models.hints import reach
+    from pipeline.colorize.predict import working_batch
+    from pipeline.imaging.images import decode_image
+    from tests.archive_helpers import jpeg
+
+    model = models.load(models.DEFAULT_MODEL).eval()
+    size = model.working_size
+    grid = size // 4
+    scans = [
+        decode_image(jpeg(image, size)).lightness for image in (data.coffee(), data.astronaut())
+    ]
+    lightness = working_batch(scans, size, model.device)  # as the flow gives the network
+    blue = Hint(0.45, 0.3, -10.0, -60.0)
+    planes = torch.stack([hint_planes([blue], grid, grid), hint_planes([], grid, grid)])
+    with torch.inference_mode():
+        automatic, _ = model.predict(lightness, 0.2)
+        hinted = model.with_hints(model.predict(lightness, 0.2, planes)[0], planes, lightness)
+        near = reach(planes, (lightness - model.l_center) / model.l_scale)[:, 0]
+    torch.testing.assert_close(hinted[1], automatic[1])  # no hints: as it was
+    cell = (int(0.3 * grid), int(0.45 * grid))
+    assert (hinted[0, :, cell[0], cell[1]] - torch.tensor([-10.0, -60.0])).norm() < 3
+    change = (hinted[0] - automatic[0]).norm(dim=0)
+    # an ab moves at most by its reach times the widest move there is (ab spans about 220)
+    assert (change <= 220 * near[0] + 0.5).all()
+    far = near[0] < 0.02
+    assert far.float().mean() > 0.03  # where the hint hardly reaches...
+    assert change[far].amax() < 5  # ...the colours stay (the net alone moves them by ~55)
+    assert change[near[0] > 0.5].median() > 10  # and near it the colours follow the hint
+
+
+def test_the_decoding_pulls_a_hints_region_to_its_colour_and_stops_at_an_edge() -> None:
+    """`honoured`: on flat L the hint's colour is taken well beyond its own cell (10 cells
+    away, most of the way: the pull the folds chose), and not across a strong edge of L."""
+    from models.hints import honoured
+
+    lightness = torch.full((1, 1, 64, 64), -0.25)  # centred L: dark left, light right
+    lightness[..., 40:] = 0.25
+    planes = hint_planes([Hint(20 / 64, 0.5, 40.0, -40.0)], 64, 64)[None]
+    pulled = honoured(torch.zeros(1, 2, 64, 64), planes, lightness)
+    share = pulled[0, 0] / 40.0  # how much of the hint's a each cell took
+    assert share[32, 20] == pytest.approx(1.0)  # the hint's own cell
+    assert share[32, 30] > 0.6  # ten cells away on the same side
+    assert share[32, 45].abs() < 0.05  # across the edge of 50 L
+
+
+def test_two_hints_of_different_colours_each_keep_their_own_on_their_cells() -> None:
+    """Two hints close together on the same gray: each one's cell shows its own colour, not
+    a mix of the two (the pull's spread reaches both)."""
+    from models.hints import honoured
+
+    lightness = torch.zeros(1, 1, 64, 64)
+    red, green = Hint(30 / 64, 0.5, 60.0, 40.0), Hint(36 / 64, 0.5, -50.0, 40.0)
+    planes = hint_planes([red, green], 64, 64)[None]
+    pulled = honoured(torch.zeros(1, 2, 64, 64), planes, lightness)[0]
+    torch.testing.assert_close(pulled[:, 32, 30], torch.tensor([60.0, 40.0]))
+    torch.testing.assert_close(pulled[:, 32, 36], torch.tensor([-50.0, 40.0]))
+    assert -50.0 < pulled[0, 32, 33] < 60.0  # between them, a mix
