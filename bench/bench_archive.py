@@ -4,7 +4,8 @@ Parquet archives of 1024-px grayscale JPEG scans (the archive case):
 1. the marginal rate of the full colorize flow (Prefect + Ray actor), as a user runs it:
    (N_large - N_small) / (t_large - t_small) over a small and a large archive, so that
    start-up (Prefect's API, Ray, model load) cancels; for ECCV16 and for the shipped default;
-2. the bare model forward at 256x256, as loaded (the limit), for each;
+2. the bare model forward at 256x256, as loaded (the limit), for each; the default again in
+   bf16 (flow and forward) where the CPU has native bf16, with the ratios to fp32 (issue 31);
 3. an official-demo-style per-image loop (PIL open, skimage rgb2lab, resize, forward with
    batch 1, resize ab back, skimage lab2rgb, save) with the shipped default;
 4. the ratios (goals of issue 12: ECCV16 >= 0.9x its forward; the default >= 0.55x its
@@ -36,6 +37,7 @@ from PIL import Image
 from skimage import color, data, transform
 
 import models
+from pipeline.colorize.predict import PRECISIONS, native_bf16
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field")
 
@@ -63,24 +65,32 @@ def write_archive(root: Path, blobs: list[bytes], shard_size: int) -> None:
         pq.write_table(pa.table({"id": ids, "image": chunk}), root / f"part-{s:05d}.parquet")
 
 
-def run_flow(src: Path, dest: Path, model: str, batch_size: int) -> tuple[dict, float, list[dict]]:
+def run_flow(
+    src: Path, dest: Path, model: str, batch_size: int, precision: str = "fp32"
+) -> tuple[dict, float, list[dict]]:
     import json
 
     from flows.colorize import colorize_archive
 
     t0 = time.perf_counter()
-    result = colorize_archive(str(src), str(dest), model=model, batch_size=batch_size)
+    result = colorize_archive(
+        str(src), str(dest), model=model, batch_size=batch_size, precision=precision
+    )
     wall = time.perf_counter() - t0
     stats = [json.loads(p.read_text()) for p in sorted((dest / "_stats").glob("*.json"))]
     return result, wall, stats
 
 
-def bare_forward(model: models.Colorizer, batch: int, batches: int = 4, repeats: int = 3) -> float:
-    """images/s of the network alone (`logits`, no decoding) at 256x256: the best of
-    `repeats` windows of `batches` batches, so that a slow moment does not flatter the ratio."""
+def bare_forward(
+    model: models.Colorizer, batch: int, precision: str = "fp32", batches: int = 4, repeats: int = 3
+) -> float:
+    """images/s of the network alone (`logits`, no decoding) at 256x256 in `precision`
+    (autocast, as the workers): the best of `repeats` windows of `batches` batches, so that a
+    slow moment does not flatter the ratio."""
     x = torch.rand(batch, 1, 256, 256) * 100
     best = 0.0
-    with torch.inference_mode():
+    dtype = PRECISIONS[precision]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
         model.logits(x)  # warm-up
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -107,14 +117,21 @@ def reference_loop(model: models.Colorizer, blobs: list[bytes], out: Path) -> fl
 
 
 def marginal_rate(
-    work: Path, name: str, model: str, small: int, large: int, shard_size: int, batch: int
+    work: Path,
+    name: str,
+    model: str,
+    small: int,
+    large: int,
+    shard_size: int,
+    batch: int,
+    precision: str = "fp32",
 ) -> tuple[float, float, float]:
     """(marginal images/s, seconds on the small archive, on the large) of the colorize flow."""
     walls = []
     for n in (small, large):
         src = work / f"{name}-{n}"
         write_archive(src, photo_jpegs(n, gray=True), shard_size=shard_size)
-        _, wall, stats = run_flow(src, work / f"{name}-{n}-out", model, batch)
+        _, wall, stats = run_flow(src, work / f"{name}-{n}-out", model, batch, precision)
         assert sum(s["ok"] for s in stats) == n, "every scan colorized"
         walls.append(wall)
     return (large - small) / (walls[1] - walls[0]), walls[0], walls[1]
@@ -136,29 +153,38 @@ def main() -> None:
 
     eccv16_path = work / "eccv16-untrained.safetensors"  # speed does not depend on the weights
     models.save(models.build("eccv16").eval(), eccv16_path)
-    runs = {  # name: (checkpoint, large archive, batch size)
-        "eccv16": (str(eccv16_path), args.large_eccv16, 8),
-        "default": (str(models.DEFAULT_MODEL), args.large_default, 16),
+    runs = {  # name: (checkpoint, large archive, batch size, precision)
+        "eccv16": (str(eccv16_path), args.large_eccv16, 8, "fp32"),
+        "default": (str(models.DEFAULT_MODEL), args.large_default, 16, "fp32"),
     }
+    if native_bf16():  # the same archive in bf16, where this CPU has it (issue 31)
+        runs["default-bf16"] = (str(models.DEFAULT_MODEL), args.large_default, 16, "bf16")
     rates: dict[str, tuple[float, float, float]] = {}
-    for name, (path, large, batch) in runs.items():
-        rates[name] = marginal_rate(work, name, path, args.small, large, args.shard_size, batch)
+    for name, (path, large, batch, precision) in runs.items():
+        rates[name] = marginal_rate(
+            work, name, path, args.small, large, args.shard_size, batch, precision
+        )
     ray.shutdown()  # nothing of the flows' left running beside the baselines
     torch.set_num_threads(os.cpu_count() or 1)
     forward = {
-        name: bare_forward(models.load(path), batch) for name, (path, _, batch) in runs.items()
+        name: bare_forward(models.load(path), batch, precision)
+        for name, (path, _, batch, precision) in runs.items()
     }
     loop = reference_loop(
         models.load(models.DEFAULT_MODEL), photo_jpegs(args.small, gray=True), work / "loop"
     )
 
-    print(f"\n1024-px gray JPEG scans, shards of {args.shard_size}, {os.cpu_count()} CPUs, fp32")
-    for name, (_, large, batch) in runs.items():
+    print(f"\n1024-px gray JPEG scans, shards of {args.shard_size}, {os.cpu_count()} CPUs")
+    for name, (_, large, batch, _) in runs.items():
         rate, t_small, t_large = rates[name]
         print(f"  {name}: colorize {args.small} scans in {t_small:.1f} s, {large} in "
               f"{t_large:.1f} s: marginal {rate:6.2f} images/s")  # fmt: skip
         print(f"  {name}: bare forward 256x256, batch {batch}: {forward[name]:6.2f} images/s")
         print(f"  {name}: colorize / bare forward {rate / forward[name]:5.2f}x")
+    if "default-bf16" in runs:
+        flow_ratio = rates["default-bf16"][0] / rates["default"][0]
+        forward_ratio = forward["default-bf16"] / forward["default"]
+        print(f"  default: bf16 / fp32: colorize {flow_ratio:5.2f}x, forward {forward_ratio:5.2f}x")
     print(f"  default: per-image loop {loop:6.2f} images/s; colorize / loop "
           f"{rates['default'][0] / loop:5.2f}x")  # fmt: skip
 

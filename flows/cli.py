@@ -184,6 +184,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         chroma_gain=args.chroma_gain,
         flip_average=args.flip_average,
+        precision=args.precision,
         image_column=args.image_column,
         id_column=args.id_column,
         ray_address=args.ray_address,
@@ -340,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=tuple(PRECISIONS),
         default="fp32",
-        help="the network's number type: bf16/fp16 (autocast) on CUDA workers only (default fp32)",
+        help="the network's number type under autocast: bf16 on CUDA or on a CPU with native "
+        "bf16 (AVX512-BF16/AMX), fp16 on CUDA only (default fp32)",
     )
     col.add_argument(
         "--recolorize",
@@ -664,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="give a hint-aware model N colour hints per photo, points of its true colours "
         "(the same for an id on every run), and score it beside its automatic self and the "
         "gray baseline, with its ab error at the points (default 0: none)",
+    )
+    ev.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="the network's number type, as colorize's --precision (default fp32)",
     )
     ev.set_defaults(func=_evaluate)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -28,6 +29,7 @@ from pipeline.archive import hint_record, manifest, storage
 from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shards, shard_ids
 from pipeline.archive.stats import ShardStats
 from pipeline.colorize.hints import HintsError, load_document
+from pipeline.colorize.predict import check_precision
 from pipeline.colorize.runner import ActorPool, ActorSpec, ensure_ray, run_shards
 from pipeline.colorize.worker import ColorizeOptions, model_id, resolve_model
 from pipeline.imaging.images import DEFAULT_MAX_PIXELS
@@ -367,14 +369,13 @@ def colorize_archive(
         metrics_max_side=metrics_max_side,
         precision=precision,
     )
-    plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source, hints)
     ensure_ray(ray_address)
-    if precision != "fp32" and not ray.cluster_resources().get("GPU"):
-        get_run_logger().warning(
-            "--precision %s applies to CUDA workers only; this Ray cluster has no GPU, so the "
-            "network runs in fp32",
-            precision,
-        )
+    try:  # before anything is written: a precision the workers cannot run
+        gpu = bool(ray.cluster_resources().get("GPU"))
+        check_precision(precision, torch.device("cuda" if gpu else "cpu"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source, hints)
     outcome = process_shards(
         plan,
         dest,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray
+import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +15,7 @@ from flows.colorize import ConfigError, check_model
 from models import nets
 from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, SourceError, list_shards
+from pipeline.colorize.predict import check_precision
 from pipeline.colorize.runner import ensure_ray
 from pipeline.colorize.worker import resolve_model
 from pipeline.imaging.degrade import FILMS
@@ -50,6 +52,7 @@ def evaluate_shards(
     temperature: float | None,
     chroma_gain: float | None,
     flip_average: bool | None,
+    precision: str,
     s3_endpoint_url: str | None,
 ) -> dict[str, Any]:
     try:
@@ -72,6 +75,7 @@ def evaluate_shards(
             temperature=temperature,
             chroma_gain=chroma_gain,
             flip_average=flip_average,
+            precision=precision,
             s3_endpoint_url=s3_endpoint_url,
             sample_uri=storage.join(out, "_samples", f"{shard.name}.png"),
         )
@@ -98,6 +102,7 @@ def evaluate_model(
     temperature: float | None = None,
     chroma_gain: float | None = None,
     flip_average: bool | None = None,
+    precision: str = "fp32",
     image_column: str = "image",
     id_column: str = "id",
     ray_address: str | None = None,
@@ -111,7 +116,8 @@ def evaluate_model(
     (then damaged, with DEGRADE), scored against the true colours. TEMPERATURE and CHROMA_GAIN
     decode otherwise than the model's card says. HINTS N > 0 gives a hint-aware model N hint
     points per photo drawn from its true colours (a fixed seed per id) and scores it beside
-    its automatic self (no hints) and the gray baseline, with its ab error at the points."""
+    its automatic self (no hints) and the gray baseline, with its ab error at the points.
+    PRECISION: the network's number type, as colorize's --precision."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if film is not None and film not in FILMS:
@@ -133,6 +139,10 @@ def evaluate_model(
             f"--hints must be a number of hint points per photo in 0..{MAX_EVALUATION_HINTS} "
             f"(0: none), got {hints}"
         )
+    try:  # this machine's device: what local Ray workers have
+        check_precision(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     storage.configure(s3_endpoint_url)
     check_model(model)
     if hints and not takes_hints(model):
@@ -156,6 +166,7 @@ def evaluate_model(
         temperature,
         chroma_gain,
         flip_average,
+        precision,
         s3_endpoint_url,
     )
     evaluation.update(

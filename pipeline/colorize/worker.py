@@ -82,7 +82,7 @@ class ColorizeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     samples_per_shard: int = 2  # gray|colour pairs kept for the contact sheet
     metrics_max_side: int = 512  # score a copy at most this large (0: full resolution)
-    precision: str = "fp32"  # the network's type on CUDA ("bf16", "fp16"); CPUs keep fp32
+    precision: str = "fp32"  # the network's type: bf16 (CUDA, a CPU with native bf16), fp16
 
     def validate(self) -> None:
         """Fail fast with a message that says how to fix the option."""

@@ -97,6 +97,7 @@ def evaluate_shard(
     temperature: float | None = None,
     chroma_gain: float | None = None,
     flip_average: bool | None = None,
+    precision: str = "fp32",
     batch_size: int = 4,
     s3_endpoint_url: str | None = None,
     sample_uri: str | None = None,
@@ -164,8 +165,8 @@ def evaluate_shard(
             continue
         lightness = [d.lightness for d, _ in kept]
         given = [h for _, h in kept] if hints else None
-        ab_low, uncertainty = predict_low(colorizer, lightness, temperature, hints=given)
-        auto_low = predict_low(colorizer, lightness, temperature)[0] if hints else ab_low
+        ab_low, uncertainty = predict_low(colorizer, lightness, temperature, precision, given)
+        auto_low = predict_low(colorizer, lightness, temperature, precision)[0] if hints else ab_low
         for (dec, dec_hints), ab_one, auto_one, u in zip(
             kept, ab_low, auto_low, uncertainty.tolist(), strict=True
         ):
@@ -207,6 +208,7 @@ def evaluate_shard(
         "bin_centers": colorizer.centers.tolist(),
         "temperature": colorizer.temperature if temperature is None else temperature,
         "chroma_gain": colorizer.chroma_gain,
+        "precision": precision,
     }
 
 
@@ -250,7 +252,8 @@ def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "hint_error": {"median": float(np.median(hint_errors)) if hint_errors else None,
                            "points": len(hint_errors)},
             "temperature": parts[0]["temperature"] if parts else None,
-            "chroma_gain": parts[0]["chroma_gain"] if parts else None}  # fmt: skip
+            "chroma_gain": parts[0]["chroma_gain"] if parts else None,
+            "precision": parts[0].get("precision", "fp32") if parts else None}  # fmt: skip
 
 
 def uncertainty_vs_error(pairs: list[tuple[float, float]]) -> dict[str, float | None]:
