@@ -5,7 +5,8 @@ Parquet archives of 1024-px grayscale JPEG scans (the archive case):
    (N_large - N_small) / (t_large - t_small) over a small and a large archive, so that
    start-up (Prefect's API, Ray, model load) cancels; for ECCV16 and for the shipped default;
 2. the bare model forward at 256x256, as loaded (the limit), for each; the default again in
-   bf16 (flow and forward) where the CPU has native bf16, with the ratios to fp32 (issue 31);
+   bf16 (flow and forward) where the CPU has native bf16, and in int8 (its shipped int8 twin),
+   with the ratios to fp32 (issue 31: int8's flow >= 1.8x fp32's);
 3. an official-demo-style per-image loop (PIL open, skimage rgb2lab, resize, forward with
    batch 1, resize ab back, skimage lab2rgb, save) with the shipped default;
 4. the ratios (goals of issue 12: ECCV16 >= 0.9x its forward; the default >= 0.55x its
@@ -37,6 +38,7 @@ from PIL import Image
 from skimage import color, data, transform
 
 import models
+from pipeline.colorize.int8 import Int8Forward
 from pipeline.colorize.predict import PRECISIONS, native_bf16
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field")
@@ -90,12 +92,16 @@ def bare_forward(
     x = torch.rand(batch, 1, 256, 256) * 100
     best = 0.0
     dtype = PRECISIONS[precision]
+    # int8: the model's int8 twin, as a worker compiles it
+    logits = (
+        Int8Forward(models.DEFAULT_MODEL, model).logits if precision == "int8" else model.logits
+    )
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-        model.logits(x)  # warm-up
+        logits(x)  # warm-up
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(batches):
-                model.logits(x)
+                logits(x)
             best = max(best, batch * batches / (time.perf_counter() - t0))
     return best
 
@@ -159,6 +165,7 @@ def main() -> None:
     }
     if native_bf16():  # the same archive in bf16, where this CPU has it (issue 31)
         runs["default-bf16"] = (str(models.DEFAULT_MODEL), args.large_default, 16, "bf16")
+    runs["default-int8"] = (str(models.DEFAULT_MODEL), args.large_default, 16, "int8")
     rates: dict[str, tuple[float, float, float]] = {}
     for name, (path, large, batch, precision) in runs.items():
         rates[name] = marginal_rate(
@@ -181,10 +188,12 @@ def main() -> None:
               f"{t_large:.1f} s: marginal {rate:6.2f} images/s")  # fmt: skip
         print(f"  {name}: bare forward 256x256, batch {batch}: {forward[name]:6.2f} images/s")
         print(f"  {name}: colorize / bare forward {rate / forward[name]:5.2f}x")
-    if "default-bf16" in runs:
-        flow_ratio = rates["default-bf16"][0] / rates["default"][0]
-        forward_ratio = forward["default-bf16"] / forward["default"]
-        print(f"  default: bf16 / fp32: colorize {flow_ratio:5.2f}x, forward {forward_ratio:5.2f}x")
+    for lower in ("bf16", "int8"):
+        if f"default-{lower}" in runs:
+            flow_ratio = rates[f"default-{lower}"][0] / rates["default"][0]
+            forward_ratio = forward[f"default-{lower}"] / forward["default"]
+            print(f"  default: {lower} / fp32: colorize {flow_ratio:5.2f}x, "
+                  f"forward {forward_ratio:5.2f}x")  # fmt: skip
     print(f"  default: per-image loop {loop:6.2f} images/s; colorize / loop "
           f"{rates['default'][0] / loop:5.2f}x")  # fmt: skip
 

@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=tuple(PRECISIONS),
         default="fp32",
-        help="the network's number type under autocast: bf16 on CUDA or on a CPU with native "
-        "bf16 (AVX512-BF16/AMX), fp16 on CUDA only (default fp32)",
+        help="the network's number type: bf16 (autocast) on CUDA or on a CPU with native "
+        "bf16 (AVX512-BF16/AMX), fp16 on CUDA only, int8 on CPUs by the model's shipped int8 "
+        "twin (default fp32)",
     )
     col.add_argument(
         "--recolorize",

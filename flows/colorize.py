@@ -29,6 +29,7 @@ from pipeline.archive import hint_record, manifest, storage
 from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shards, shard_ids
 from pipeline.archive.stats import ShardStats
 from pipeline.colorize.hints import HintsError, load_document
+from pipeline.colorize.int8 import check_twin
 from pipeline.colorize.predict import check_precision
 from pipeline.colorize.runner import ActorPool, ActorSpec, ensure_ray, run_shards
 from pipeline.colorize.worker import ColorizeOptions, model_id, resolve_model
@@ -371,8 +372,11 @@ def colorize_archive(
     )
     ensure_ray(ray_address)
     try:  # before anything is written: a precision the workers cannot run
-        gpu = bool(ray.cluster_resources().get("GPU"))
-        check_precision(precision, torch.device("cuda" if gpu else "cpu"))
+        device = torch.device("cuda" if ray.cluster_resources().get("GPU") else "cpu")
+        check_precision(precision, device)
+        if precision == "int8":
+            with resolve_model(model) as path:
+                check_twin(path, device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source, hints)

@@ -15,6 +15,7 @@ from flows.colorize import ConfigError, check_model
 from models import nets
 from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, SourceError, list_shards
+from pipeline.colorize.int8 import check_twin
 from pipeline.colorize.predict import check_precision
 from pipeline.colorize.runner import ensure_ray
 from pipeline.colorize.worker import resolve_model
@@ -139,12 +140,16 @@ def evaluate_model(
             f"--hints must be a number of hint points per photo in 0..{MAX_EVALUATION_HINTS} "
             f"(0: none), got {hints}"
         )
-    try:  # this machine's device: what local Ray workers have
-        check_precision(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
     storage.configure(s3_endpoint_url)
     check_model(model)
+    try:  # this machine's device: what local Ray workers have
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        check_precision(precision, device)
+        if precision == "int8":
+            with resolve_model(model) as path:
+                check_twin(path, device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if hints and not takes_hints(model):
         raise ConfigError(
             f"--hints {hints}: model {model!r} takes no colour hints; evaluate a hint-aware "

@@ -15,6 +15,7 @@ from PIL import Image
 from models import Colorizer
 from models.hints import Hint
 from pipeline.colorize.hints import batch_planes
+from pipeline.colorize.int8 import Int8Forward
 from pipeline.imaging import decode_cpu
 from pipeline.imaging.color import lab_to_rgb
 from pipeline.imaging.images import decode_pil, rgb_to_pil
@@ -22,7 +23,8 @@ from pipeline.imaging.lab_cpu import join_lab
 from pipeline.imaging.metrics import colourfulness_of_sums
 from pipeline.imaging.resize_cpu import shrink
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the network's number type: a torch autocast type, or None (fp32; int8: the int8 twin)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
 
 def native_bf16() -> bool:
@@ -36,7 +38,9 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         choices = ", ".join(PRECISIONS)
         raise ValueError(f"--precision must be one of {choices}, got {precision!r}")
-    if device.type == "cuda" or precision == "fp32":
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("--precision int8 runs on CPU workers only; on CUDA use bf16 or fp32")
+    if device.type == "cuda" or precision in ("fp32", "int8"):
         return
     if precision == "fp16":
         raise ValueError("--precision fp16 runs on CUDA workers only; on a CPU use bf16 or fp32")
@@ -78,6 +82,7 @@ def predict_low(
     temperature: float | None = None,
     precision: str = "fp32",
     hints: Sequence[Sequence[Hint]] | None = None,
+    int8: Int8Forward | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L maps (H, W) float32 -> the network's ab (N, 2, h, w) at its output size and each
     image's uncertainty (N,), on its device: `working_batch`, then `predict_working`.
@@ -88,7 +93,7 @@ def predict_low(
     batch = working_batch(lightness, model.working_size, model.device)
     grid = model.working_size // 4  # the network's output grid, where hints are placed
     planes = None if hints is None else batch_planes(hints, grid, grid, model.device)
-    return predict_working(model, batch, temperature, precision, planes)
+    return predict_working(model, batch, temperature, precision, planes, int8)
 
 
 @torch.inference_mode()
@@ -98,17 +103,25 @@ def predict_working(
     temperature: float | None = None,
     precision: str = "fp32",
     hints: torch.Tensor | None = None,
+    int8: Int8Forward | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's input (N, 1, s, s) on its device -> (ab (N, 2, h, w), uncertainty (N,)).
     `hints`: hint planes (N, 3, s/4, s/4) for a hint-aware model (models/hints.py).
     `precision` "bf16" runs the network (not the decoding) in bf16 under autocast, on CUDA or
     on a CPU with native bf16 (1.6x fp32's forward on this project's CPUs); "fp16" on CUDA
-    only (`check_precision`)."""
+    only (`check_precision`); "int8" by the model's int8 twin, `int8` (pipeline/colorize/
+    int8.py), on a CPU, for a batch without hints (hinted ones keep the torch network)."""
     dtype = PRECISIONS[precision]
-    if dtype is not None:
+    if precision != "fp32":
         check_precision(precision, model.device)
-    with torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
-        logits = model.logits(batch, hints).float()
+    hinted = hints is not None and bool(hints[:, 2].any())
+    if precision == "int8" and not hinted:
+        if int8 is None:
+            raise ValueError("--precision int8 needs the model's int8 twin (Int8Forward)")
+        logits = int8.logits(batch)
+    else:
+        with torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model.logits(batch, hints).float()
     if model.device.type == "cpu":  # the same decoding in one pass instead of ten
         t = model.temperature if temperature is None else temperature
         ab, doubt = decode_cpu.decode(logits, model.centers, t, batch)

@@ -39,6 +39,7 @@ from pipeline.archive.shards import (
 )
 from pipeline.archive.stats import ShardStats
 from pipeline.colorize.hints import batch_planes, parse_points
+from pipeline.colorize.int8 import Int8Forward
 from pipeline.colorize.predict import (
     PRECISIONS,
     finish,
@@ -82,7 +83,7 @@ class ColorizeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     samples_per_shard: int = 2  # gray|colour pairs kept for the contact sheet
     metrics_max_side: int = 512  # score a copy at most this large (0: full resolution)
-    precision: str = "fp32"  # the network's type: bf16 (CUDA, a CPU with native bf16), fp16
+    precision: str = "fp32"  # bf16 (CUDA, a CPU with native bf16), fp16 (CUDA), int8 (CPU)
 
     def validate(self) -> None:
         """Fail fast with a message that says how to fix the option."""
@@ -198,6 +199,8 @@ class ShardColorizer:
         with resolve_model(model) as path:
             self.model = models.load(path, device=self.device)
             self.model_id = model_id(path)
+            # --precision int8: the model's int8 twin, compiled once for the actor's life
+            self.int8 = Int8Forward(path, self.model) if self.options.precision == "int8" else None
         # what each shard's stats record: the manifest's hash of the settings used here
         self.settings = manifest.output_settings(
             self.model_id,
@@ -213,7 +216,8 @@ class ShardColorizer:
         # one forward before any shard: a model that cannot run on this device fails here, not
         # as a shard of error rows, and one-time kernel set-up stays out of shard timings
         warm = [np.full((64, 64), 50.0, dtype=np.float32)]
-        finish(warm[0], predict_low(self.model, warm, None, self.options.precision)[0][0], np.uint8)
+        low = predict_low(self.model, warm, None, self.options.precision, int8=self.int8)[0]
+        finish(warm[0], low[0], np.uint8)
         self.centers, self.prior = self.model.centers.cpu(), self.model.prior.cpu()  # for metrics
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
         self.pool = ThreadPoolExecutor(max(2, self.threads), thread_name_prefix="codec")
@@ -323,7 +327,12 @@ class ShardColorizer:
             grid = self.model.working_size // 4  # the network's output grid
             planes = batch_planes([it.hints for it in ready], grid, grid, self.model.device)
             ab_low, uncertainty = predict_working(
-                self.model, batch, self.options.temperature, self.options.precision, planes
+                self.model,
+                batch,
+                self.options.temperature,
+                self.options.precision,
+                planes,
+                self.int8,
             )
         except Exception:
             if len(ready) == 1:

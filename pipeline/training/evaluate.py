@@ -22,6 +22,7 @@ from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, Shard, read_batches
 from pipeline.archive.stats import MetricSummary, ShardStats
 from pipeline.colorize.hints import sample_hints
+from pipeline.colorize.int8 import Int8Forward
 from pipeline.colorize.predict import finish, predict_low
 from pipeline.colorize.previews import gray_and_colour, sample_pair, sample_strip
 from pipeline.colorize.worker import resolve_model
@@ -127,6 +128,7 @@ def evaluate_shard(
     storage.configure(s3_endpoint_url)
     with resolve_model(model) as path:  # an S3 model's copy goes with the block
         colorizer = models.load(path)
+        int8 = Int8Forward(path, colorizer) if precision == "int8" else None
     if flip_average is not None:  # test-time flip averaging on or off, whatever the card says
         colorizer.flip_average = flip_average
     if chroma_gain is not None:  # the decoded ab scaled otherwise than the card says
@@ -165,8 +167,12 @@ def evaluate_shard(
             continue
         lightness = [d.lightness for d, _ in kept]
         given = [h for _, h in kept] if hints else None
-        ab_low, uncertainty = predict_low(colorizer, lightness, temperature, precision, given)
-        auto_low = predict_low(colorizer, lightness, temperature, precision)[0] if hints else ab_low
+        ab_low, uncertainty = predict_low(colorizer, lightness, temperature, precision, given, int8)
+        auto_low = (
+            predict_low(colorizer, lightness, temperature, precision, int8=int8)[0]
+            if hints
+            else ab_low
+        )
         for (dec, dec_hints), ab_one, auto_one, u in zip(
             kept, ab_low, auto_low, uncertainty.tolist(), strict=True
         ):

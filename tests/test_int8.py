@@ -1,0 +1,79 @@
+"""--precision int8 (issue 31): the default's shipped int8 twin (an OpenVINO IR) against fp32
+on real photos, a model without a twin refused with what to do, and a run through the flow
+whose DEST keeps its precision."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import models
+from flows.colorize import ConfigError, colorize_archive
+from pipeline.colorize.int8 import Int8Forward, NoInt8Twin, check_twin
+from pipeline.colorize.predict import predict_working, working_batch
+from pipeline.imaging.images import decode_image
+from tests.archive_helpers import jpeg, make_image_folder, read_output
+from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
+
+
+def test_int8_keeps_the_default_models_colours_on_real_photos() -> None:
+    """Four real photos through the int8 twin and through fp32 (T 0.2, the model's own).
+    Tolerances from this CPU's measure (p50 1.0, p95 7.1, p99 10.7 ab, chroma 0.97) with
+    margin; identical numbers would be a silent fp32."""
+    model = models.load(models.DEFAULT_MODEL).eval()
+    int8 = Int8Forward(models.DEFAULT_MODEL, model)
+    photos = (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())
+    lightness = [decode_image(jpeg(photo, 256)).lightness for photo in photos]
+    batch = working_batch(lightness, model.working_size, model.device)
+    fp32 = predict_working(model, batch, None, "fp32")[0]
+    low = predict_working(model, batch, None, "int8", None, int8)[0]
+    error = (low - fp32).norm(dim=1).flatten()
+    p50, p95, p99 = (float(error.quantile(q)) for q in (0.5, 0.95, 0.99))
+    assert p50 > 0.05, "int8 gave fp32's numbers: the quantized network did not run"
+    assert p50 < 2.5 and p95 < 12 and p99 < 20, (p50, p95, p99)
+    chroma = float(low.norm(dim=1).mean() / fp32.norm(dim=1).mean())
+    assert 0.9 < chroma < 1.1, chroma
+    with pytest.raises(ValueError, match="needs the model's int8 twin"):
+        predict_working(model, batch, None, "int8")
+
+
+def test_int8_without_a_twin_says_what_to_do(tmp_path) -> None:
+    path = tmp_path / "mine.safetensors"
+    shutil.copy(models.DEFAULT_MODEL, path)
+    with pytest.raises(NoInt8Twin, match=r"no int8 twin \(mine\.int8\.xml.*bf16 or fp32"):
+        check_twin(path, torch.device("cpu"))
+    with pytest.raises(NoInt8Twin, match="CPU workers only"):
+        check_twin(models.DEFAULT_MODEL, torch.device("cuda"))
+    check_twin(models.DEFAULT_MODEL, torch.device("cpu"))  # the shipped default has one
+
+
+def test_an_int8_run_colorizes_in_int8_and_its_dest_keeps_it(tmp_path, ray_local) -> None:  # noqa: F811
+    photos = tmp_path / "photos"
+    make_image_folder(photos, bad=False)
+    images = {}
+    for precision in ("fp32", "int8"):
+        dest = tmp_path / precision
+        colorize_archive(str(photos), str(dest), precision=precision, shard_size=8)
+        rows = read_output(dest)
+        assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+        table = pq.read_table(next(dest.glob("*.parquet")), columns=["id", "image"]).to_pylist()
+        images[precision] = {
+            r["id"]: np.asarray(Image.open(io.BytesIO(r["image"])), np.float32) for r in table
+        }
+    moved = [np.abs(images["int8"][i] - images["fp32"][i]).mean() for i in images["fp32"]]
+    assert max(moved) > 0, "the int8 run's images are fp32's: the worker ignored --precision"
+    assert np.mean(moved) < 4  # mean RGB levels apart, of 255
+    with pytest.raises(ConfigError, match=r"--precision: fp32 \(DEST\) -> int8"):
+        colorize_archive(str(photos), str(tmp_path / "fp32"), precision="int8", shard_size=8)
+    mine = tmp_path / "mine.safetensors"  # a model of one's own, without a twin
+    shutil.copy(models.DEFAULT_MODEL, mine)
+    with pytest.raises(ConfigError, match="has no int8 twin"):
+        colorize_archive(str(photos), str(tmp_path / "mine"), model=str(mine), precision="int8")
+    assert not (tmp_path / "mine").exists()
