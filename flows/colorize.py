@@ -55,6 +55,19 @@ class ModelFacts:
     takes_hints: bool = False  # a hint-aware model (`colorize --hints`)
 
 
+def check_workers_precision(precision: str, model: str, gpu: bool) -> None:
+    """ConfigError, saying what to use, unless workers (with a GPU or not) can run MODEL's
+    network in PRECISION: fp16 and int8 where their hardware is, int8 with the model's twin."""
+    device = torch.device("cuda" if gpu else "cpu")
+    try:
+        check_precision(precision, device)
+        if precision == "int8":
+            with resolve_model(model) as path:
+                check_twin(path, device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def check_model(model: str) -> ModelFacts:
     """The model's id and own temperature, or a ConfigError naming what to pass instead."""
     try:
@@ -371,14 +384,8 @@ def colorize_archive(
         precision=precision,
     )
     ensure_ray(ray_address)
-    try:  # before anything is written: a precision the workers cannot run
-        device = torch.device("cuda" if ray.cluster_resources().get("GPU") else "cpu")
-        check_precision(precision, device)
-        if precision == "int8":
-            with resolve_model(model) as path:
-                check_twin(path, device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    # before anything is written: a precision the workers cannot run
+    check_workers_precision(precision, model, bool(ray.cluster_resources().get("GPU")))
     plan = plan_run(source, dest, model, options, shard_size, recolorize, add_source, hints)
     outcome = process_shards(
         plan,

@@ -11,12 +11,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import models
-from flows.colorize import ConfigError, check_model
+from flows.colorize import ConfigError, check_model, check_workers_precision
 from models import nets
 from pipeline.archive import storage
 from pipeline.archive.shards import ColumnNames, SourceError, list_shards
-from pipeline.colorize.int8 import check_twin
-from pipeline.colorize.predict import check_precision
 from pipeline.colorize.runner import ensure_ray
 from pipeline.colorize.worker import resolve_model
 from pipeline.imaging.degrade import FILMS
@@ -142,14 +140,7 @@ def evaluate_model(
         )
     storage.configure(s3_endpoint_url)
     check_model(model)
-    try:  # this machine's device: what local Ray workers have
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        check_precision(precision, device)
-        if precision == "int8":
-            with resolve_model(model) as path:
-                check_twin(path, device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    check_workers_precision(precision, model, torch.cuda.is_available())  # local workers
     if hints and not takes_hints(model):
         raise ConfigError(
             f"--hints {hints}: model {model!r} takes no colour hints; evaluate a hint-aware "

@@ -4,14 +4,11 @@ whose DEST keeps its precision."""
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 from skimage import data
 
 import models
@@ -19,8 +16,9 @@ from flows.colorize import ConfigError, colorize_archive
 from pipeline.colorize.int8 import Int8Forward, NoInt8Twin, check_twin
 from pipeline.colorize.predict import predict_working, working_batch
 from pipeline.imaging.images import decode_image
-from tests.archive_helpers import jpeg, make_image_folder, read_output
+from tests.archive_helpers import jpeg
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
+from tests.test_precision import levels_apart
 
 
 def test_int8_keeps_the_default_models_colours_on_real_photos() -> None:
@@ -55,19 +53,8 @@ def test_int8_without_a_twin_says_what_to_do(tmp_path) -> None:
 
 
 def test_an_int8_run_colorizes_in_int8_and_its_dest_keeps_it(tmp_path, ray_local) -> None:  # noqa: F811
+    moved = levels_apart(tmp_path, "int8")
     photos = tmp_path / "photos"
-    make_image_folder(photos, bad=False)
-    images = {}
-    for precision in ("fp32", "int8"):
-        dest = tmp_path / precision
-        colorize_archive(str(photos), str(dest), precision=precision, shard_size=8)
-        rows = read_output(dest)
-        assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-        table = pq.read_table(next(dest.glob("*.parquet")), columns=["id", "image"]).to_pylist()
-        images[precision] = {
-            r["id"]: np.asarray(Image.open(io.BytesIO(r["image"])), np.float32) for r in table
-        }
-    moved = [np.abs(images["int8"][i] - images["fp32"][i]).mean() for i in images["fp32"]]
     assert max(moved) > 0, "the int8 run's images are fp32's: the worker ignored --precision"
     assert np.mean(moved) < 4  # mean RGB levels apart, of 255
     with pytest.raises(ConfigError, match=r"--precision: fp32 \(DEST\) -> int8"):

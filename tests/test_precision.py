@@ -5,6 +5,7 @@ anything is written; a bf16 run goes through the flow and its DEST keeps it."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -65,25 +66,28 @@ def test_a_precision_the_workers_cannot_run_is_refused_before_anything_is_writte
     assert not (tmp_path / "ev").exists()
 
 
-@needs_bf16
-def test_a_bf16_run_colorizes_in_bf16_and_its_dest_keeps_it(tmp_path, ray_local) -> None:  # noqa: F811
+def levels_apart(tmp_path: Path, precision: str) -> list[float]:
+    """Real photos colorized through the flow in fp32 and in `precision` (DESTs tmp_path/fp32
+    and tmp_path/<precision>): each image's mean RGB distance between the two, of 255."""
     photos = tmp_path / "photos"
     make_image_folder(photos, bad=False)
-    runs = {}
-    for precision in ("fp32", "bf16"):
-        dest = tmp_path / precision
-        colorize_archive(str(photos), str(dest), precision=precision, shard_size=8)
+    images = {}
+    for run in ("fp32", precision):
+        dest = tmp_path / run
+        colorize_archive(str(photos), str(dest), precision=run, shard_size=8)
         rows = read_output(dest)
         assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-        runs[precision] = dest
-    images = {}
-    for precision, dest in runs.items():
         table = pq.read_table(next(dest.glob("*.parquet")), columns=["id", "image"]).to_pylist()
-        images[precision] = {
+        images[run] = {
             r["id"]: np.asarray(Image.open(io.BytesIO(r["image"])), np.float32) for r in table
         }
-    moved = [np.abs(images["bf16"][i] - images["fp32"][i]).mean() for i in images["fp32"]]
+    return [float(np.abs(images[precision][i] - images["fp32"][i]).mean()) for i in images["fp32"]]
+
+
+@needs_bf16
+def test_a_bf16_run_colorizes_in_bf16_and_its_dest_keeps_it(tmp_path, ray_local) -> None:  # noqa: F811
+    moved = levels_apart(tmp_path, "bf16")
     assert max(moved) > 0, "the bf16 run's images are fp32's: the worker ignored --precision"
     assert np.mean(moved) < 3  # mean RGB levels apart, of 255
     with pytest.raises(ConfigError, match=r"--precision: bf16 \(DEST\) -> fp32"):
-        colorize_archive(str(photos), str(runs["bf16"]), precision="fp32", shard_size=8)
+        colorize_archive(str(tmp_path / "photos"), str(tmp_path / "bf16"), precision="fp32")
