@@ -578,24 +578,25 @@ def stored_hints(driver: Any, dest: str | None = None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def placed_badges(driver: Any) -> dict[str, str]:
-    """{row id: text} of the grid's shown "N hints" badges (hints placed in the page)."""
+def shown_on_cards(driver: Any, selector: str) -> dict[str, str]:
+    """{row id: text} of the grid cards' shown elements matching `selector`."""
     found: dict[str, str] = driver.execute_script(
         "return Object.fromEntries([...document.querySelectorAll('.card')].flatMap(c => {"
-        "  const b = c.querySelector('.pill.hinted');"
-        "  return b.checkVisibility() ? [[c.dataset.id, b.textContent]] : []; }))"
+        "  const e = c.querySelector(arguments[0]);"
+        "  return e && e.checkVisibility() ? [[c.dataset.id, e.textContent]] : []; }))",
+        selector,
     )
     return found
+
+
+def placed_badges(driver: Any) -> dict[str, str]:
+    """{row id: text} of the grid's shown "N hints" badges (hints placed in the page)."""
+    return shown_on_cards(driver, ".pill.hinted")
 
 
 def used_labels(driver: Any) -> dict[str, str]:
     """{row id: text} of the grid's shown "colorized with N hints" labels (the hints column)."""
-    found: dict[str, str] = driver.execute_script(
-        "return Object.fromEntries([...document.querySelectorAll('.card')].flatMap(c => {"
-        "  const u = c.querySelector('.used-hints');"
-        "  return u && u.checkVisibility() ? [[c.dataset.id, u.textContent]] : []; }))"
-    )
-    return found
+    return shown_on_cards(driver, ".used-hints")
 
 
 def clear_all(driver: Any, accept: bool) -> str:
