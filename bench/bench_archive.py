@@ -39,7 +39,7 @@ from skimage import color, data, transform
 
 import models
 from pipeline.colorize.int8 import Int8Forward
-from pipeline.colorize.predict import PRECISIONS, native_bf16
+from pipeline.colorize.precision import PRECISIONS, native_bf16
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field")
 

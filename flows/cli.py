@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.colorize.predict import PRECISIONS
+from pipeline.colorize.precision import CHOICES as PRECISION_CHOICES
 from pipeline.imaging.images import DEFAULT_MAX_PIXELS
 from pipeline.training.config import (
     ARCHITECTURES,
@@ -339,11 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     col.add_argument(
         "--precision",
-        choices=tuple(PRECISIONS),
+        choices=PRECISION_CHOICES,
         default="fp32",
         help="the network's number type: bf16 (autocast) on CUDA or on a CPU with native "
-        "bf16 (AVX512-BF16/AMX), fp16 on CUDA only, int8 on CPUs by the model's shipped int8 "
-        "twin (default fp32)",
+        "bf16 (AVX512-BF16/AMX), fp16 on CUDA only, int8 on CPUs by the model's int8 twin; "
+        "auto: each worker the fastest within the tolerance for its hardware (int8, else "
+        "bf16, else fp32; docs/benchmarks.md) (default fp32)",
     )
     col.add_argument(
         "--recolorize",
@@ -670,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--precision",
-        choices=tuple(PRECISIONS),
+        choices=PRECISION_CHOICES,
         default="fp32",
         help="the network's number type, as colorize's --precision (default fp32)",
     )

@@ -30,7 +30,7 @@ from pipeline.archive.shards import ColumnNames, Shard, check_columns, list_shar
 from pipeline.archive.stats import ShardStats
 from pipeline.colorize.hints import HintsError, load_document
 from pipeline.colorize.int8 import check_twin
-from pipeline.colorize.predict import check_precision
+from pipeline.colorize.precision import check_precision
 from pipeline.colorize.runner import ActorPool, ActorSpec, ensure_ray, run_shards
 from pipeline.colorize.worker import ColorizeOptions, model_id, resolve_model
 from pipeline.imaging.images import DEFAULT_MAX_PIXELS

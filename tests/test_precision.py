@@ -1,10 +1,14 @@
 """The network's number type (issue 31): bf16 on a CPU that has it, under autocast, keeps the
 default model's colours on real photos; a precision the workers cannot run is refused before
-anything is written; a bf16 run goes through the flow and its DEST keeps it."""
+anything is written; a bf16 run goes through the flow and its DEST keeps it; `auto` picks the
+fastest within the tolerance for the hardware, and each shard records what ran."""
 
 from __future__ import annotations
 
+import copy
 import io
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,15 @@ from skimage import data
 import models
 from flows.colorize import ConfigError, colorize_archive
 from flows.evaluate import evaluate_model
-from pipeline.colorize.predict import check_precision, native_bf16, predict_low
+from pipeline.colorize.int8 import twin_paths
+from pipeline.colorize.precision import (
+    auto_precision,
+    check_precision,
+    native_bf16,
+    resolve_precision,
+    twin_within_tolerance,
+)
+from pipeline.colorize.predict import predict_low
 from pipeline.imaging.images import decode_image
 from tests.archive_helpers import jpeg, make_image_folder, read_output
 from tests.test_archive import ray_local  # noqa: F401 - the shared local Ray fixture
@@ -91,3 +103,60 @@ def test_a_bf16_run_colorizes_in_bf16_and_its_dest_keeps_it(tmp_path, ray_local)
     assert np.mean(moved) < 3  # mean RGB levels apart, of 255
     with pytest.raises(ConfigError, match=r"--precision: bf16 \(DEST\) -> fp32"):
         colorize_archive(str(tmp_path / "photos"), str(tmp_path / "bf16"), precision="fp32")
+
+
+def test_auto_is_the_fastest_precision_within_the_tolerance_for_the_hardware(tmp_path) -> None:
+    """`auto`: int8 on a CPU for a model whose int8 twin is within the tolerance (the shipped
+    default's card), bf16 where the device has it, else fp32; a twin measured out of the
+    tolerance, or not at all, is passed over."""
+    assert auto_precision("cpu", True, True) == "int8"
+    assert auto_precision("cpu", True, False) == "int8"
+    assert auto_precision("cpu", False, True) == "bf16"
+    assert auto_precision("cpu", False, False) == "fp32"
+    assert auto_precision("cuda", False, True) == "bf16"
+    assert auto_precision("cuda", False, False) == "fp32"
+    _, card_path = twin_paths(models.DEFAULT_MODEL)
+    shipped = json.loads(card_path.read_text())
+    assert twin_within_tolerance(shipped)
+    pale = copy.deepcopy(shipped)
+    pale["evaluate"]["int8_minus_fp32"]["colourfulness_percent_of_truth"] = -3.5
+    assert not twin_within_tolerance(pale)
+    checked_only = {"check": {"vs_fp32": {"ab_p95": 7.0}}}
+    assert twin_within_tolerance(checked_only)
+    checked_only["check"]["vs_fp32"]["ab_p95"] = 14.0
+    assert not twin_within_tolerance(checked_only)
+    assert not twin_within_tolerance({})
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, models.DEFAULT_MODEL) == "int8"
+    assert resolve_precision("fp32", cpu, models.DEFAULT_MODEL) == "fp32"  # asked: kept
+    mine = tmp_path / "mine.safetensors"  # no twin beside it
+    shutil.copy(models.DEFAULT_MODEL, mine)
+    assert resolve_precision("auto", cpu, mine) == ("bf16" if native_bf16() else "fp32")
+
+
+def test_an_auto_run_records_auto_in_dest_and_what_ran_in_each_shard(
+    tmp_path,
+    ray_local,  # noqa: F811
+) -> None:
+    """The default in `auto` on this CPU runs its int8 twin: its images are not fp32's, DEST's
+    manifest keeps `auto` (a re-run resumes, an fp32 one is refused), each shard's stats and
+    the report's nodes say int8; a model without a twin runs in bf16 or fp32."""
+    moved = levels_apart(tmp_path, "auto")
+    assert max(moved) > 0, "the auto run's images are fp32's: auto did not pick int8"
+    assert np.mean(moved) < 4
+    dest, photos = tmp_path / "auto", tmp_path / "photos"
+    assert json.loads((dest / "_manifest.json").read_text())["settings"]["precision"] == "auto"
+    stats = [json.loads(p.read_text()) for p in (dest / "_stats").glob("*.json")]
+    assert stats and {s["precision"] for s in stats} == {"int8"}
+    assert "cpu int8" in (dest / "report.md").read_text()
+    again = colorize_archive(str(photos), str(dest), precision="auto", shard_size=8)
+    assert again["shards"]["done"] == 0 and again["shards"]["skipped"] >= 1  # resumed
+    with pytest.raises(ConfigError, match=r"--precision: auto \(DEST\) -> fp32"):
+        colorize_archive(str(photos), str(dest), precision="fp32", shard_size=8)
+    mine = tmp_path / "mine.safetensors"
+    models.save(models.build("small"), mine)
+    colorize_archive(str(photos), str(tmp_path / "mine"), model=str(mine), precision="auto")
+    stats = [json.loads(p.read_text()) for p in (tmp_path / "mine" / "_stats").glob("*.json")]
+    assert {s["precision"] for s in stats} == {"bf16" if native_bf16() else "fp32"}
+    scored = evaluate_model(str(photos), out=str(tmp_path / "ev"), precision="auto")
+    assert scored["precision"] == "int8"  # evaluate resolves `auto` as the workers do

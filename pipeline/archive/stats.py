@@ -113,6 +113,7 @@ class ShardStats:
     peak_rss_mb: float = 0.0  # of the worker process, when the shard was committed
     node: str = ""  # which Ray node processed it: "<ip> <node id prefix>"
     device: str = ""  # and on what: "cpu", "cuda:0", ...
+    precision: str = ""  # in what number type the network ran there (`auto` resolved)
     # ok images whose metadata of a kind (exif, iptc, xmp, icc, dpi) was damaged and dropped
     metadata_dropped: dict[str, int] = field(default_factory=dict)
     settings: str = ""  # the hash of the DEST manifest's settings it was made with (manifest.py)
@@ -148,6 +149,7 @@ class ShardStats:
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "node": self.node,
             "device": self.device,
+            "precision": self.precision,
             "metadata_dropped": dict(sorted(self.metadata_dropped.items())),
             "settings": self.settings,
             "hinted": self.hinted,
@@ -171,6 +173,7 @@ class ShardStats:
             peak_rss_mb=data.get("peak_rss_mb", 0.0),
             node=data.get("node", ""),
             device=data.get("device", ""),
+            precision=data.get("precision", ""),
             metadata_dropped=dict(data.get("metadata_dropped", {})),
             settings=data.get("settings", ""),
             hinted=data.get("hinted", 0),

@@ -16,39 +16,13 @@ from models import Colorizer
 from models.hints import Hint
 from pipeline.colorize.hints import batch_planes
 from pipeline.colorize.int8 import Int8Forward
+from pipeline.colorize.precision import PRECISIONS, check_precision
 from pipeline.imaging import decode_cpu
 from pipeline.imaging.color import lab_to_rgb
 from pipeline.imaging.images import decode_pil, rgb_to_pil
 from pipeline.imaging.lab_cpu import join_lab
 from pipeline.imaging.metrics import colourfulness_of_sums
 from pipeline.imaging.resize_cpu import shrink
-
-# the network's number type: a torch autocast type, or None (fp32; int8: the int8 twin)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
-
-
-def native_bf16() -> bool:
-    """This CPU computes in bf16 itself (AVX512-BF16 or AMX, as oneDNN finds): without it, bf16
-    is emulated and slower than fp32."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """A precision the network can run in on `device`, or a ValueError saying what to use."""
-    if precision not in PRECISIONS:
-        choices = ", ".join(PRECISIONS)
-        raise ValueError(f"--precision must be one of {choices}, got {precision!r}")
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError("--precision int8 runs on CPU workers only; on CUDA use bf16 or fp32")
-    if device.type == "cuda" or precision in ("fp32", "int8"):
-        return
-    if precision == "fp16":
-        raise ValueError("--precision fp16 runs on CUDA workers only; on a CPU use bf16 or fp32")
-    if precision == "bf16" and not native_bf16():
-        raise ValueError(
-            "--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one "
-            "would emulate it, slower than fp32: use --precision fp32"
-        )
 
 
 def working_batch(lightness: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:

@@ -40,8 +40,9 @@ from pipeline.archive.shards import (
 from pipeline.archive.stats import ShardStats
 from pipeline.colorize.hints import batch_planes, parse_points
 from pipeline.colorize.int8 import Int8Forward
+from pipeline.colorize.precision import CHOICES as PRECISION_CHOICES
+from pipeline.colorize.precision import resolve_precision
 from pipeline.colorize.predict import (
-    PRECISIONS,
     finish,
     predict_low,
     predict_working,
@@ -83,7 +84,8 @@ class ColorizeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     samples_per_shard: int = 2  # gray|colour pairs kept for the contact sheet
     metrics_max_side: int = 512  # score a copy at most this large (0: full resolution)
-    precision: str = "fp32"  # bf16 (CUDA, a CPU with native bf16), fp16 (CUDA), int8 (CPU)
+    # bf16 (CUDA, a CPU with native bf16), fp16 (CUDA), int8 (CPU), auto (each worker's best)
+    precision: str = "fp32"
 
     def validate(self) -> None:
         """Fail fast with a message that says how to fix the option."""
@@ -99,8 +101,8 @@ class ColorizeOptions:
             raise ValueError(f"--metrics-max-side must be >= 0, got {self.metrics_max_side}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels must be >= 1, got {self.max_pixels}")
-        if self.precision not in PRECISIONS:
-            choices = ", ".join(PRECISIONS)
+        if self.precision not in PRECISION_CHOICES:
+            choices = ", ".join(PRECISION_CHOICES)
             raise ValueError(f"--precision must be one of {choices}, got {self.precision!r}")
 
 
@@ -199,8 +201,10 @@ class ShardColorizer:
         with resolve_model(model) as path:
             self.model = models.load(path, device=self.device)
             self.model_id = model_id(path)
-            # --precision int8: the model's int8 twin, compiled once for the actor's life
-            self.int8 = Int8Forward(path, self.model) if self.options.precision == "int8" else None
+            # the number type this worker runs (`auto`: the fastest for its hardware), and in
+            # int8 the model's int8 twin, compiled once for the actor's life
+            self.precision = resolve_precision(self.options.precision, self.device, path)
+            self.int8 = Int8Forward(path, self.model) if self.precision == "int8" else None
         # what each shard's stats record: the manifest's hash of the settings used here
         self.settings = manifest.output_settings(
             self.model_id,
@@ -216,7 +220,7 @@ class ShardColorizer:
         # one forward before any shard: a model that cannot run on this device fails here, not
         # as a shard of error rows, and one-time kernel set-up stays out of shard timings
         warm = [np.full((64, 64), 50.0, dtype=np.float32)]
-        low = predict_low(self.model, warm, None, self.options.precision, int8=self.int8)[0]
+        low = predict_low(self.model, warm, None, self.precision, int8=self.int8)[0]
         finish(warm[0], low[0], np.uint8)
         self.centers, self.prior = self.model.centers.cpu(), self.model.prior.cpu()  # for metrics
         self.columns = ColumnNames(self.options.image_column, self.options.id_column)
@@ -230,7 +234,7 @@ class ShardColorizer:
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "device": str(self.device), "model": self.model_id,
-                "node": self.node}  # fmt: skip
+                "node": self.node, "precision": self.precision}  # fmt: skip
 
     def process(self, shard: Shard, dest: str, attempt: int = 1) -> dict[str, Any]:
         """Colorize one shard into DEST/<name>.parquet and commit DEST/_stats/<name>.json."""
@@ -244,7 +248,7 @@ class ShardColorizer:
         # the colour hints in effect in DEST (archive/hint_record.py): its ids' are applied
         in_effect = hint_record.read(dest)
         seen: list[str] = []
-        stats.node, stats.device = self.node, str(self.device)
+        stats.node, stats.device, stats.precision = self.node, str(self.device), self.precision
         writer = ShardWriter(shard.output_uri(dest), storage.local_staging_dir(dest))
         samples: list[Image.Image] = []
         try:
@@ -330,7 +334,7 @@ class ShardColorizer:
                 self.model,
                 batch,
                 self.options.temperature,
-                self.options.precision,
+                self.precision,
                 planes,
                 self.int8,
             )

@@ -186,14 +186,16 @@ def build_report(
 
 
 def per_node(stats: list[ShardStats]) -> dict[str, dict[str, Any]]:
-    """Shards and images per Ray node (and its devices): who did the work."""
+    """Shards and images per Ray node (and its devices, each with the number type the network
+    ran in there, e.g. "cpu int8"): who did the work, and how."""
     nodes: dict[str, dict[str, Any]] = {}
     for s in stats:
         entry = nodes.setdefault(s.node or "unknown", {"shards": 0, "images": 0, "devices": []})
         entry["shards"] += 1
         entry["images"] += s.rows
-        if s.device and s.device not in entry["devices"]:
-            entry["devices"].append(s.device)
+        device = f"{s.device} {s.precision}".strip() if s.device else ""
+        if device and device not in entry["devices"]:
+            entry["devices"].append(device)
     return dict(sorted(nodes.items()))
 
 

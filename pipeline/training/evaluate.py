@@ -23,6 +23,7 @@ from pipeline.archive.shards import ColumnNames, Shard, read_batches
 from pipeline.archive.stats import MetricSummary, ShardStats
 from pipeline.colorize.hints import sample_hints
 from pipeline.colorize.int8 import Int8Forward
+from pipeline.colorize.precision import resolve_precision
 from pipeline.colorize.predict import finish, predict_low
 from pipeline.colorize.previews import gray_and_colour, sample_pair, sample_strip
 from pipeline.colorize.worker import resolve_model
@@ -128,6 +129,7 @@ def evaluate_shard(
     storage.configure(s3_endpoint_url)
     with resolve_model(model) as path:  # an S3 model's copy goes with the block
         colorizer = models.load(path)
+        precision = resolve_precision(precision, colorizer.device, path)  # `auto`: this one's
         int8 = Int8Forward(path, colorizer) if precision == "int8" else None
     if flip_average is not None:  # test-time flip averaging on or off, whatever the card says
         colorizer.flip_average = flip_average
