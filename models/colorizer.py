@@ -69,21 +69,25 @@ class Colorizer(nn.Module):
         """A hint-aware model (architecture `...-hints`): `logits` takes hint planes."""
         return takes_hints(self.arch)
 
-    def logits(self, lightness: Tensor, hints: Tensor | None = None) -> Tensor:
+    def logits(
+        self, lightness: Tensor, hints: Tensor | None = None, automatic: Tensor | None = None
+    ) -> Tensor:
         """Logits over the bins; with `flip_average`, the mean of the image's and its mirror's
         (test-time augmentation: twice the forward cost). `hints`: (N, 3, h, w) planes on the
         output grid (models/hints.py), for a hint-aware model only; None: no hints.
 
         With hints, an image's logits are its automatic ones where no hint reaches
         (`hints.reach`) and the hinted net's near its hints: a second forward, for the hinted
-        images of the batch only."""
+        images of the batch only. `automatic`: the batch's automatic logits when another
+        runtime made them (the int8 twin), instead of the network's own."""
         if hints is not None and not self.takes_hints:
             raise ValueError(
                 f"this {self.arch} model takes no colour hints: use a hint-aware model "
                 "(architecture ending in -hints)"
             )
         x = (lightness - self.l_center) / self.l_scale
-        automatic = self.net_logits(x)
+        if automatic is None:
+            automatic = self.net_logits(x)
         if hints is None:
             return automatic
         hinted = torch.nonzero(hints[:, 2].flatten(1).any(1))[:, 0]

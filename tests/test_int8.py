@@ -13,6 +13,8 @@ from skimage import data
 
 import models
 from flows.colorize import ConfigError, colorize_archive
+from models.hints import Hint
+from pipeline.colorize.hints import batch_planes
 from pipeline.colorize.int8 import Int8Forward, NoInt8Twin, check_twin
 from pipeline.colorize.predict import predict_working, working_batch
 from pipeline.imaging.images import decode_image
@@ -40,6 +42,38 @@ def test_int8_keeps_the_default_models_colours_on_real_photos() -> None:
     assert 0.9 < chroma < 1.1, chroma
     with pytest.raises(ValueError, match="needs the model's int8 twin"):
         predict_working(model, batch, None, "int8")
+
+
+def test_int8_colours_an_image_alike_whether_or_not_its_batch_holds_hinted_ones() -> None:
+    """In int8, a batch with a hinted image runs the twin for every image's automatic logits
+    and the torch network only for the hinted image's answer near its hints: the unhinted
+    neighbour gets the int8 colours it gets alone, not fp32's."""
+    model = models.load(models.DEFAULT_MODEL).eval()
+    int8 = Int8Forward(models.DEFAULT_MODEL, model)
+    photos = (data.astronaut(), data.coffee())
+    lightness = [decode_image(jpeg(photo, 256)).lightness for photo in photos]
+    batch = working_batch(lightness, model.working_size, model.device)
+    grid = model.working_size // 4
+    planes = batch_planes([[Hint(0.5, 0.2, 40.0, 40.0)], []], grid, grid, model.device)
+    mixed = predict_working(model, batch, None, "int8", planes, int8)[0]
+    alone = predict_working(model, batch, None, "int8", None, int8)[0]
+    fp32 = predict_working(model, batch, None, "fp32", planes)[0]
+    assert torch.allclose(mixed[1], alone[1], atol=1e-4), "the unhinted image left int8"
+    assert float((mixed[1] - fp32[1]).abs().max()) > 0.05  # ...and int8 is not fp32
+    hinted_moved = (mixed[0] - alone[0]).norm(dim=0)
+    assert float(hinted_moved.max()) > 10  # the hinted image took its hint
+
+
+def test_int8_mirrors_and_averages_as_a_flip_averaging_model_does() -> None:
+    model = models.load(models.DEFAULT_MODEL).eval()
+    plain = Int8Forward(models.DEFAULT_MODEL, model)
+    model.flip_average = True
+    mirrored = Int8Forward(models.DEFAULT_MODEL, model)
+    lightness = [decode_image(jpeg(data.astronaut(), 256)).lightness]
+    batch = working_batch(lightness, model.working_size, model.device)
+    expected = (plain.logits(batch) + plain.logits(batch.flip(3)).flip(3)) / 2
+    assert torch.allclose(mirrored.logits(batch), expected, atol=1e-5)
+    assert not torch.allclose(plain.logits(batch), expected, atol=1e-3)
 
 
 def test_int8_without_a_twin_says_what_to_do(tmp_path) -> None:

@@ -2,7 +2,8 @@
 no-hint network quantized after training (nncf, calibrated on a recorded set of corpus
 photos: its card `NAME.int8.json`), shipped beside the checkpoint as `NAME.int8.xml/.bin`.
 Compiled once per actor; it gives the logits, and the annealed-mean decoding and everything
-after stay fp32 torch. Hinted images keep the torch network (the twin has no hint input).
+after stay fp32 torch. A hinted image's answer near its hints comes from the torch network
+(the twin has no hint input); its automatic logits, as every image's, from the twin.
 
 OpenVINO because it measured fastest of the int8 runtimes on this project's CPUs, with the
 smallest error (docs/benchmarks.md)."""
@@ -56,6 +57,7 @@ class Int8Forward:
         xml, card = twin_paths(model_path)
         self.card: dict[str, Any] = json.loads(card.read_text())
         self.l_center, self.l_scale = model.l_center, model.l_scale
+        self.flip_average = model.flip_average  # the twin mirrors as the model does
         # f32: the ops left unquantized run in fp32 (on a CPU with bf16 OpenVINO's default
         # would run them in bf16)
         self.compiled = ov.Core().compile_model(
@@ -65,6 +67,12 @@ class Int8Forward:
 
     def logits(self, lightness: torch.Tensor) -> torch.Tensor:
         """L in [0, 100] (N, 1, S, S) on the CPU -> logits (N, Q, S/4, S/4), float32."""
-        x = ((lightness - self.l_center) / self.l_scale).float().contiguous().numpy()
-        out = self.request.infer({0: x})
+        x = ((lightness - self.l_center) / self.l_scale).float()
+        logits = self.infer(x)
+        if self.flip_average:
+            logits = (logits + self.infer(x.flip(3)).flip(3)) / 2
+        return logits
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer({0: x.contiguous().numpy()})
         return torch.from_numpy(np.array(next(iter(out.values())), copy=True))

@@ -84,15 +84,18 @@ def predict_working(
     `precision` "bf16" runs the network (not the decoding) in bf16 under autocast, on CUDA or
     on a CPU with native bf16 (1.6x fp32's forward on this project's CPUs); "fp16" on CUDA
     only (`check_precision`); "int8" by the model's int8 twin, `int8` (pipeline/colorize/
-    int8.py), on a CPU, for a batch without hints (hinted ones keep the torch network)."""
+    int8.py), on a CPU (a hinted image's answer near its hints from the torch network)."""
     dtype = PRECISIONS[precision]
     if precision != "fp32":
         check_precision(precision, model.device)
-    hinted = hints is not None and bool(hints[:, 2].any())
-    if precision == "int8" and not hinted:
+    if precision == "int8":
         if int8 is None:
             raise ValueError("--precision int8 needs the model's int8 twin (Int8Forward)")
-        logits = int8.logits(batch)
+        # the twin's automatic logits for every image, the torch network's hinted answer
+        # within the hints' reach for the hinted ones only: an image's colours do not
+        # depend on whether its batch holds hinted neighbours
+        automatic = int8.logits(batch)
+        logits = automatic if hints is None else model.logits(batch, hints, automatic)
     else:
         with torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model.logits(batch, hints).float()
