@@ -138,6 +138,38 @@ def _stamps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from pipeline.colorize.precision import MAX_CHECK_AB_P95, twin_within_tolerance
+    from pipeline.training.quantize import QuantizeUnavailable, build_int8_twin, skipped_line
+
+    try:
+        card = build_int8_twin(
+            args.model, args.photo_dir, args.photos, args.check, args.corpus, progress=print
+        )
+    except (ValueError, QuantizeUnavailable) as exc:
+        print(f"archive-colorize quantize: error: {exc}", file=sys.stderr)
+        return 2
+    calibration, check = card["calibration"], card["check"]
+    fewer = calibration["count"] < calibration["asked"]
+    print(
+        f"int8 twin of {card['source_model']['file']}: calibrated on {calibration['count']} "
+        f"photos{' (the folder has no more that decode)' if fewer else ''}, built in "
+        f"{card['build_seconds']} s; skipped: {skipped_line(calibration['skipped'])}"
+    )
+    figures = check.get("vs_fp32")
+    if figures is None:
+        print(f"not checked against fp32: {check['note']}")
+        return 0
+    print(
+        f"vs fp32 on {check['count']} held-out photos: ab error p50 {figures['ab_p50']:.2f}, "
+        f"p95 {figures['ab_p95']:.2f}, p99 {figures['ab_p99']:.2f}; chroma ratio "
+        f"{figures['chroma_ratio']:.3f}"
+    )
+    within = "yes" if twin_within_tolerance(card) else "no"
+    print(f"--precision auto runs it (check p95 <= {MAX_CHECK_AB_P95} ab): {within}")
+    return 0
+
+
 def _crossval(args: argparse.Namespace) -> int:
     from flows.crossval import cross_validate
 
@@ -614,6 +646,43 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("root", help="folder the .deb was unpacked into")
     st.add_argument("out", help="folder for the chosen stamps")
     st.set_defaults(func=_stamps)
+
+    qu = sub.add_parser(
+        "quantize",
+        help="build a model's int8 twin (what --precision int8 runs) from a folder of photos",
+        description="Quantize MODEL's network (without hints) to int8 with nncf, calibrated on "
+        "photos of PHOTO_DIR, and write its int8 twin beside it: NAME.int8.xml/.bin (OpenVINO "
+        "IR) and NAME.int8.json, its card (the photos by relative path, the rule that chose "
+        "them, the twin's ab error against fp32 on held-out photos). The photos: the sorted "
+        ".jpg/.jpeg/.png/.tif/.tiff files under PHOTO_DIR dealt round-robin over its top "
+        "folders; one that does not decode is skipped and named. Needs the quantize extra: "
+        "pip install 'archive-colorize[quantize]'.",
+    )
+    qu.add_argument("model", help="checkpoint (.safetensors) or 'default'; the twin goes beside it")
+    qu.add_argument("photo_dir", help="folder of photos like those the model will colour")
+    qu.add_argument(
+        "--photos",
+        type=int,
+        default=64,  # pipeline.training.quantize.DEFAULT_CALIBRATION
+        metavar="N",
+        help="calibration photos (default 64, as the shipped default's twin; at least 4)",
+    )
+    qu.add_argument(
+        "--check",
+        type=int,
+        default=16,  # pipeline.training.quantize.DEFAULT_CHECK
+        metavar="N",
+        help="held-out photos (the next ones after calibration's) the twin is checked on "
+        "against fp32 (default 16; 0: none)",
+    )
+    qu.add_argument(
+        "--corpus",
+        default=None,
+        metavar="TEXT",
+        help="how PHOTO_DIR is made, recorded in the card instead of its path (e.g. "
+        "'../shared/data/build-photo-corpus --all OUT_DIR')",
+    )
+    qu.set_defaults(func=_quantize)
 
     from pipeline.imaging.degrade import FILMS  # evaluate --film's names
 

@@ -26,6 +26,7 @@ def test_every_option_of_every_command_is_documented():
         "export",
         "stamps",
         "demo",
+        "quantize",
     }
     for name, sub in commands.choices.items():
         for action in sub._actions:
