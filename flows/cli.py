@@ -654,11 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
         "photos of PHOTO_DIR, and write its int8 twin beside it: NAME.int8.xml/.bin (OpenVINO "
         "IR) and NAME.int8.json, its card (the photos by relative path, the rule that chose "
         "them, the twin's ab error against fp32 on held-out photos). The photos: the sorted "
-        ".jpg/.jpeg/.png/.tif/.tiff files under PHOTO_DIR dealt round-robin over its top "
-        "folders; one that does not decode is skipped and named. Needs the quantize extra: "
-        "pip install 'archive-colorize[quantize]'.",
+        ".jpg/.jpeg/.png/.tif/.tiff/.webp files under PHOTO_DIR (links followed) dealt "
+        "round-robin over its top folders; one that does not decode is skipped and named. "
+        "Needs the quantize extra: pip install 'archive-colorize[quantize]'.",
     )
-    qu.add_argument("model", help="checkpoint (.safetensors) or 'default'; the twin goes beside it")
+    qu.add_argument(
+        "model",
+        help="checkpoint (.safetensors) or 'default'; the twin goes beside it (for 'default': "
+        "it replaces the shipped twin, whose card's evaluate figures then go)",
+    )
     qu.add_argument("photo_dir", help="folder of photos like those the model will colour")
     qu.add_argument(
         "--photos",
