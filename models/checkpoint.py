@@ -6,6 +6,7 @@ Loading never unpickles anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from models.colorizer import Colorizer, build
 
 CARD_KEY = "model_card"
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The checkpoint file's sha256 (hex): which weights these are, whatever their name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def model_card(colorizer: Colorizer) -> dict[str, Any]:

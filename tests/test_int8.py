@@ -15,7 +15,8 @@ import models
 from flows.colorize import ConfigError, colorize_archive
 from models.hints import Hint
 from pipeline.colorize.hints import batch_planes
-from pipeline.colorize.int8 import Int8Forward, NoInt8Twin, check_twin
+from pipeline.colorize.int8 import Int8Forward, NoInt8Twin, check_twin, twin_paths
+from pipeline.colorize.precision import native_bf16, resolve_precision
 from pipeline.colorize.predict import predict_working, working_batch
 from pipeline.imaging.images import decode_image
 from tests.archive_helpers import jpeg
@@ -84,6 +85,25 @@ def test_int8_without_a_twin_says_what_to_do(tmp_path) -> None:
     with pytest.raises(NoInt8Twin, match="CPU workers only"):
         check_twin(models.DEFAULT_MODEL, torch.device("cuda"))
     check_twin(models.DEFAULT_MODEL, torch.device("cpu"))  # the shipped default has one
+
+
+def test_a_twin_left_beside_other_weights_is_refused_and_auto_passes_it_over(tmp_path) -> None:
+    """A checkpoint retrained (or replaced) under its name keeps the old twin beside it: int8
+    must not run the old network for it, and `auto` must not pick it."""
+    path = tmp_path / "default.safetensors"
+    for source in (models.DEFAULT_MODEL, *twin_paths(models.DEFAULT_MODEL)):
+        shutil.copy(source, tmp_path / source.name)
+    shutil.copy(twin_paths(models.DEFAULT_MODEL)[0].with_suffix(".bin"), tmp_path)
+    cpu = torch.device("cpu")
+    check_twin(path, cpu)  # the copy and its twin: one set of weights
+    assert resolve_precision("auto", cpu, path) == "int8"
+    retrained = models.load(path)
+    with torch.no_grad():
+        next(retrained.net.parameters()).mul_(1.01)
+    models.save(retrained, path)
+    with pytest.raises(NoInt8Twin, match=r"built from other weights.*archive-colorize quantize"):
+        check_twin(path, cpu)
+    assert resolve_precision("auto", cpu, path) == ("bf16" if native_bf16() else "fp32")
 
 
 def test_an_int8_run_colorizes_in_int8_and_its_dest_keeps_it(tmp_path, ray_local) -> None:  # noqa: F811

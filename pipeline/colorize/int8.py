@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import models
 from models import Colorizer
 
 
@@ -41,8 +42,16 @@ def check_twin(model_path: str | Path, device: torch.device) -> None:
     if not xml.exists() or not xml.with_suffix(".bin").exists() or not card.exists():
         raise NoInt8Twin(
             f"--precision int8: model {Path(model_path).name} has no int8 twin ({xml.name} and "
-            "its .bin and .json beside it; the shipped default has one): use --precision bf16 "
-            "or fp32"
+            "its .bin and .json beside it; the shipped default has one): build one with "
+            "`archive-colorize quantize MODEL PHOTO_DIR`, or use --precision bf16 or fp32"
+        )
+    built_from = json.loads(card.read_text()).get("source_model", {}).get("sha256")
+    if built_from != models.file_sha256(model_path):
+        raise NoInt8Twin(
+            f"--precision int8: the int8 twin beside {Path(model_path).name} was built from "
+            f"other weights (sha256 {str(built_from)[:12]}, the checkpoint's is "
+            f"{models.file_sha256(model_path)[:12]}): rebuild it with `archive-colorize "
+            "quantize MODEL PHOTO_DIR`, or use --precision bf16 or fp32"
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.colorize.int8 import twin_paths
+from pipeline.colorize.int8 import NoInt8Twin, check_twin, twin_paths
 
 # the network's number type: a torch autocast type, or None (fp32; int8: the int8 twin)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
@@ -84,11 +84,10 @@ def resolve_precision(precision: str, device: torch.device, model_path: str | Pa
         return "fp32"
     if device.type == "cuda":
         return auto_precision("cuda", False, torch.cuda.is_bf16_supported())
-    xml, card = twin_paths(model_path)
-    twin_ok = (
-        xml.exists()
-        and xml.with_suffix(".bin").exists()
-        and card.exists()
-        and twin_within_tolerance(json.loads(card.read_text()))
-    )
+    try:
+        check_twin(model_path, device)  # there, and built from these weights
+    except NoInt8Twin:
+        twin_ok = False
+    else:
+        twin_ok = twin_within_tolerance(json.loads(twin_paths(model_path)[1].read_text()))
     return auto_precision(device.type, twin_ok, native_bf16())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import hashlib
 import json
 import os
 import resource
@@ -141,11 +140,7 @@ def node_label() -> str:
 
 def model_id(path: str) -> str:
     """`<file name>@<first 12 hex of its sha256>`: which weights made a row."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{os.path.basename(path)}@{digest.hexdigest()[:12]}"
+    return f"{os.path.basename(path)}@{models.file_sha256(path)[:12]}"
 
 
 @contextlib.contextmanager

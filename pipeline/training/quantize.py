@@ -139,14 +139,6 @@ class AutomaticNet(nn.Module):
         return out
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ab_vs_fp32(model: Colorizer, lightness: torch.Tensor, int8: torch.Tensor) -> dict[str, float]:
     """The twin's logits against the fp32 network's on the same L, after the model's decoding
     (annealed mean, chroma gain): ab error per output pixel (p50, p95, p99) and the ratio of
@@ -284,12 +276,12 @@ def build_int8_twin(
             "default preset)",
             "source_model": {
                 "file": model_path.name,
-                "sha256": sha256_file(model_path),
+                "sha256": models.file_sha256(model_path),
                 "arch": model.arch,
             },
             "ir": {
-                "xml_sha256": sha256_file(work_xml),
-                "bin_sha256": sha256_file(work_xml.with_suffix(".bin")),
+                "xml_sha256": models.file_sha256(work_xml),
+                "bin_sha256": models.file_sha256(work_xml.with_suffix(".bin")),
                 "export": f"torch.onnx.export (TorchScript exporter), opset {OPSET}, dynamic "
                 "batch -> openvino.convert_model",
             },
@@ -320,6 +312,9 @@ def build_int8_twin(
         if held_out.names:
             say(f"checking the twin against fp32 on {len(held_out.names)} held-out photos")
             check_l = working_batch(held_out.lightness, size, cpu).float().contiguous()
+            # the twin as a worker loads it, from the work folder (a link to the checkpoint
+            # there: `check_twin` matches the twin's card to the weights)
+            (work / model_path.name).symlink_to(model_path.resolve())
             twin = Int8Forward(work / model_path.name, model)
             with torch.inference_mode():
                 int8_logits = twin.logits(check_l)
