@@ -46,11 +46,12 @@ def check_twin(model_path: str | Path, device: torch.device) -> None:
             "`archive-colorize quantize MODEL PHOTO_DIR`, or use --precision bf16 or fp32"
         )
     built_from = json.loads(card.read_text()).get("source_model", {}).get("sha256")
-    if built_from != models.file_sha256(model_path):
+    weights = models.file_sha256(model_path)
+    if built_from != weights:
         raise NoInt8Twin(
             f"--precision int8: the int8 twin beside {Path(model_path).name} was built from "
             f"other weights (sha256 {str(built_from)[:12]}, the checkpoint's is "
-            f"{models.file_sha256(model_path)[:12]}): rebuild it with `archive-colorize "
+            f"{weights[:12]}): rebuild it with `archive-colorize "
             "quantize MODEL PHOTO_DIR`, or use --precision bf16 or fp32"
         )
 

@@ -2,8 +2,8 @@
 `auto`, the fastest one whose colours stay within the tolerance on the hardware a worker
 finds (`resolve_precision`).
 
-`auto`, by speed on this project's CPUs (docs/benchmarks.md: the colorize flow at 1.85x fp32's
-rate in int8, 1.30x in bf16):
+`auto`, by speed on this project's CPUs (docs/benchmarks.md: the colorize flow at 1.86x fp32's
+rate in int8, 1.44x in bf16):
 - a CPU: int8 when the model has an int8 twin whose card shows it within the tolerance
   (`twin_within_tolerance`), else bf16 when the CPU computes in bf16 itself, else fp32;
 - a GPU: bf16 where the GPU has it, else fp32 (fp16's narrow range can overflow: asked only).
